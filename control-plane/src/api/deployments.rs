@@ -1,0 +1,184 @@
+//! `/api/v1/deployments`: put a module on a set of nodes.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use wedge_shared::Digest;
+use wedge_shared::topics::{validate_filter, validate_id};
+
+use super::AppState;
+use super::error::ApiError;
+use super::modules::ModuleView;
+use crate::store::{DeploymentRecord, ModuleRecord, Target};
+use crate::time::{now_ms, rfc3339};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list).post(create))
+        .route("/{name}", get(show))
+}
+
+/// `POST /api/v1/deployments` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRequest {
+    pub name: String,
+    /// `sha256:<hex>` or `name@version`.
+    pub module: String,
+    #[serde(default)]
+    pub nodes: Option<Vec<String>>,
+    #[serde(default)]
+    pub selector: Option<Selector>,
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A deployment as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub name: String,
+    pub revision: u64,
+    pub module: ModuleView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
+    pub subscriptions: Vec<String>,
+    pub config: serde_json::Value,
+    pub created_at: String,
+}
+
+impl From<&DeploymentRecord> for DeploymentView {
+    fn from(d: &DeploymentRecord) -> Self {
+        let (nodes, selector) = match &d.target {
+            Target::Nodes(ids) => (Some(ids.clone()), None),
+            Target::Labels(labels) => (
+                None,
+                Some(Selector {
+                    labels: labels.clone(),
+                }),
+            ),
+        };
+        Self {
+            name: d.name.clone(),
+            revision: d.revision,
+            module: ModuleView::from(&d.module),
+            nodes,
+            selector,
+            subscriptions: d.subscriptions.clone(),
+            // Stored from a serde_json::Value, so it parses; fall back to the raw text.
+            config: serde_json::from_str(&d.config)
+                .unwrap_or_else(|_| serde_json::Value::String(d.config.clone())),
+            created_at: rfc3339(d.created_at_ms),
+        }
+    }
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Vec<DeploymentView>>, ApiError> {
+    let mut all = state.store.deployments()?;
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(all.iter().map(DeploymentView::from).collect()))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    let d = state
+        .store
+        .deployment(&name)?
+        .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))?;
+    Ok(Json(DeploymentView::from(&d)))
+}
+
+fn resolve_module(state: &AppState, reference: &str) -> Result<ModuleRecord, ApiError> {
+    if reference.starts_with("sha256:") {
+        let digest: Digest = reference
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("module: {e}")))?;
+        return state
+            .store
+            .module_by_digest(&digest)?
+            .ok_or_else(|| ApiError::bad_request(format!("no module with digest {digest}")));
+    }
+    let Some((name, version)) = reference.split_once('@') else {
+        return Err(ApiError::bad_request(
+            "module must be \"sha256:<hex>\" or \"name@version\"",
+        ));
+    };
+    state
+        .store
+        .module(name, version)?
+        .ok_or_else(|| ApiError::bad_request(format!("no module {name}@{version}; upload it first")))
+}
+
+fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
+    validate_id(&req.name).map_err(|e| ApiError::bad_request(format!("name {e}")))?;
+    for filter in &req.subscriptions {
+        validate_filter(filter)
+            .map_err(|e| ApiError::bad_request(format!("subscription {filter:?}: {e}")))?;
+    }
+    match (&req.nodes, &req.selector) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "give either \"nodes\" or \"selector\", not both",
+        )),
+        (None, None) => Err(ApiError::bad_request(
+            "give \"nodes\" (a list of node ids) or \"selector\" ({\"labels\": {...}})",
+        )),
+        (Some(nodes), None) => {
+            for id in nodes {
+                validate_id(id).map_err(|e| ApiError::bad_request(format!("node id {id:?} {e}")))?;
+            }
+            Ok(Target::Nodes(nodes.clone()))
+        }
+        (None, Some(sel)) => Ok(Target::Labels(sel.labels.clone())),
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    body: Result<Json<DeploymentRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
+    let Json(req) = body?;
+    let target = validate(&req)?;
+    let module = resolve_module(&state, &req.module)?;
+    let config = req
+        .config
+        .clone()
+        .unwrap_or_else(|| serde_json::Value::Object(Default::default()))
+        .to_string();
+    let revision = state
+        .store
+        .deployment(&req.name)?
+        .map_or(1, |d| d.revision + 1);
+    let record = DeploymentRecord {
+        name: req.name,
+        revision,
+        module,
+        target,
+        subscriptions: req.subscriptions,
+        config,
+        created_at_ms: now_ms(),
+    };
+    state.store.put_deployment(&record)?;
+    tracing::info!(deployment = %record.name, revision, module = %record.module.digest, "deployment created");
+    let named = match &record.target {
+        Target::Nodes(ids) => ids.clone(),
+        Target::Labels(_) => Vec::new(),
+    };
+    state.reconciler.all(&named).await?;
+    Ok((StatusCode::CREATED, Json(DeploymentView::from(&record))))
+}

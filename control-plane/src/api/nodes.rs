@@ -1,0 +1,99 @@
+//! `/api/v1/nodes`: the fleet as the control plane sees it.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::store::{Liveness, NodeRecord};
+use crate::time::rfc3339;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list))
+        .route("/{id}", get(show))
+}
+
+/// A node as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    /// `online` or `offline`.
+    pub status: String,
+    /// Why it is offline, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it entered its current status.
+    pub since: String,
+    pub first_seen: String,
+    pub last_seen: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub arch: String,
+    pub version: String,
+    pub desired_generation: u64,
+    pub applied_generation: u64,
+    pub modules: Vec<ModuleStateView>,
+}
+
+/// A module instance on a node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ModuleStateView {
+    pub name: String,
+    pub digest: String,
+    /// `fetching`, `starting`, `running` or `failed`.
+    pub state: String,
+    pub last_error: Option<String>,
+    pub restarts: u32,
+}
+
+impl From<&NodeRecord> for NodeView {
+    fn from(n: &NodeRecord) -> Self {
+        Self {
+            id: n.id.clone(),
+            status: match n.liveness {
+                Liveness::Online => "online",
+                Liveness::Offline => "offline",
+            }
+            .into(),
+            reason: n.reason.clone(),
+            since: rfc3339(n.since_ms),
+            first_seen: rfc3339(n.first_seen_ms),
+            last_seen: (n.last_seen_ms > 0).then(|| rfc3339(n.last_seen_ms)),
+            labels: n.labels.clone(),
+            arch: n.arch.clone(),
+            version: n.version.clone(),
+            desired_generation: n.desired_generation,
+            applied_generation: n.applied_generation,
+            modules: n
+                .modules
+                .iter()
+                .map(|m| ModuleStateView {
+                    name: m.name.clone(),
+                    digest: m.digest.to_string(),
+                    state: m.state.as_str().into(),
+                    last_error: m.last_error.clone(),
+                    restarts: m.restarts,
+                })
+                .collect(),
+        }
+    }
+}
+
+async fn list(State(state): State<AppState>) -> Json<Vec<NodeView>> {
+    Json(state.fleet.list().iter().map(NodeView::from).collect())
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
+    state
+        .fleet
+        .get(&id)
+        .map(|n| Json(NodeView::from(&n)))
+        .ok_or_else(|| ApiError::not_found(format!("no node with id {id}")))
+}

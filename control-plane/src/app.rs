@@ -1,0 +1,168 @@
+//! Startup and shutdown of the control plane.
+//!
+//! Order: open the store → start the embedded broker → connect our MQTT session → bind
+//! the API. Shutdown: cancel → the API stops accepting and finishes requests → the MQTT
+//! session disconnects → the store is flushed. The embedded broker has no shutdown and
+//! ends with the process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wedge_broker::EmbeddedBroker;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::fleet::Fleet;
+use crate::mqtt::{self, Counters};
+use crate::reconcile::Reconciler;
+use crate::store::Store;
+use crate::time::now_ms;
+
+/// How long shutdown waits for tasks to finish.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// The control plane.
+#[derive(Debug)]
+pub struct App;
+
+/// A started control plane.
+#[derive(Debug)]
+pub struct Running {
+    api_addr: SocketAddr,
+    mqtt_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    store: Store,
+}
+
+impl App {
+    /// Starts everything and returns once the API and the broker accept connections.
+    pub async fn start(config: Config) -> anyhow::Result<Running> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let store = Store::open(&config.data_dir.join("store"))
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        let fleet = Arc::new(Fleet::load(store.clone()).context("cannot load the node registry")?);
+
+        let mut broker_cfg = wedge_broker::Config::new(config.mqtt_listen);
+        broker_cfg.max_payload_size = config.mqtt_max_payload;
+        broker_cfg.max_connections = 20_000;
+        broker_cfg.segment_size = 4 * config.mqtt_max_payload;
+        let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(&broker_cfg))
+            .await?
+            .context("cannot start the embedded MQTT broker")?;
+        let mqtt_addr = broker.local_addr();
+        let connect_ip = if mqtt_addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            mqtt_addr.ip().to_string()
+        };
+
+        let (publisher, session) = mqtt::connect(
+            (&connect_ip, mqtt_addr.port()),
+            &format!("wedge-control-{}", std::process::id()),
+            config.mqtt_max_payload,
+        );
+        let reconciler = Arc::new(Reconciler::new(store.clone(), fleet.clone(), publisher.clone()));
+        let counters = Arc::new(Counters::default());
+
+        let listener = tokio::net::TcpListener::bind(config.api_listen)
+            .await
+            .with_context(|| format!("cannot listen for the API on {}", config.api_listen))?;
+        let api_addr = listener.local_addr()?;
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        let ctx = mqtt::Context {
+            store: store.clone(),
+            fleet: fleet.clone(),
+            reconciler: reconciler.clone(),
+            publisher,
+            counters,
+        };
+        tracker.spawn(session.run(ctx, shutdown.clone()));
+        tracker.spawn(sweep(fleet.clone(), config.heartbeat_timeout(), shutdown.clone()));
+
+        let app = api::router(AppState {
+            store: store.clone(),
+            fleet,
+            reconciler,
+            max_module_size: config.max_module_size,
+        });
+        let api_shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { api_shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "API server failed");
+            }
+        });
+        tracker.close();
+        tracing::info!(api = %api_addr, mqtt = %mqtt_addr, "control plane started");
+        Ok(Running {
+            api_addr,
+            mqtt_addr,
+            shutdown,
+            tracker,
+            store,
+        })
+    }
+}
+
+/// Marks nodes offline whose heartbeats are overdue.
+async fn sweep(fleet: Arc<Fleet>, timeout: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = fleet.sweep(now_ms(), timeout.as_millis() as u64) {
+            tracing::warn!(error = %e, "offline sweep failed");
+        }
+    }
+}
+
+impl Running {
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The embedded broker's address (what nodes connect to).
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt_addr
+    }
+
+    /// A token that stops the control plane when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops and waits for the tasks to finish (at most the grace period).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.drain().await;
+    }
+
+    /// Waits until the shutdown token is cancelled, then drains.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.drain().await;
+    }
+
+    async fn drain(self) {
+        if tokio::time::timeout(GRACE, self.tracker.wait()).await.is_err() {
+            tracing::warn!(grace = ?GRACE, "shutdown grace period ran out");
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        tracing::info!("control plane stopped");
+    }
+}

@@ -1,0 +1,107 @@
+//! Configuration of the control plane: defaults, then a TOML file (`--config`), then
+//! flags. Validated before anything binds a port; an invalid one exits with code 64.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// Everything the control plane can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// HTTP API address.
+    pub api_listen: SocketAddr,
+    /// Address of the embedded MQTT broker the nodes connect to.
+    pub mqtt_listen: SocketAddr,
+    /// A node whose last heartbeat is older than this is offline.
+    pub heartbeat_timeout_secs: u64,
+    /// Largest module accepted by `POST /api/v1/modules`.
+    pub max_module_size: usize,
+    /// Largest MQTT payload the broker accepts.
+    pub mqtt_max_payload: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("wedge-control-data"),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            heartbeat_timeout_secs: 15,
+            max_module_size: 16 * 1024 * 1024,
+            mqtt_max_payload: 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_secs)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.heartbeat_timeout_secs == 0 {
+            bail!("heartbeat_timeout_secs must be at least 1");
+        }
+        if self.max_module_size == 0 {
+            bail!("max_module_size must be positive");
+        }
+        // Blob chunks and desired states must fit in one MQTT packet with room to spare.
+        let min_payload = 2 * wedge_shared::messages::BLOB_CHUNK_SIZE;
+        if self.mqtt_max_payload < min_payload {
+            bail!("mqtt_max_payload must be at least {min_payload} bytes");
+        }
+        if self.mqtt_max_payload > wedge_shared::MAX_MESSAGE_SIZE {
+            bail!(
+                "mqtt_max_payload must be at most {} bytes",
+                wedge_shared::MAX_MESSAGE_SIZE
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let cfg: Config = toml::from_str("api_listen = \"127.0.0.1:9000\"").unwrap();
+        assert_eq!(cfg.api_listen.port(), 9000);
+        assert_eq!(cfg.mqtt_listen.port(), 1883);
+        assert!(toml::from_str::<Config>("nope = 1").is_err());
+    }
+
+    #[test]
+    fn validate_rejects_nonsense() {
+        let cfg = Config {
+            heartbeat_timeout_secs: 0,
+            ..Config::default()
+        };
+        assert!(cfg.validate().is_err());
+        let cfg = Config {
+            mqtt_max_payload: 10,
+            ..Config::default()
+        };
+        assert!(cfg.validate().is_err());
+    }
+}

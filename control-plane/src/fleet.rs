@@ -1,0 +1,233 @@
+//! The node registry: who is in the fleet, what they run, and whether they are alive.
+//!
+//! Online comes from live heartbeats; offline from a node's last will or clean shutdown
+//! (at once) or from an overdue heartbeat (the sweeper). Records are kept in memory for
+//! fast reads and written through to the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+use wedge_shared::messages::Heartbeat;
+
+use crate::store::{self, Liveness, NodeRecord, Store};
+
+/// What a heartbeat changed, so the caller knows whether to recompute desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// First time we hear of this node.
+    pub new: bool,
+    /// Its labels differ from what we knew (deployment selectors may now match).
+    pub labels_changed: bool,
+}
+
+/// The registry. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Fleet {
+    nodes: RwLock<HashMap<String, NodeRecord>>,
+    store: Store,
+}
+
+impl Fleet {
+    /// Loads the registry from the store.
+    pub fn load(store: Store) -> store::Result<Self> {
+        let nodes = store
+            .nodes()?
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect();
+        Ok(Self {
+            nodes: RwLock::new(nodes),
+            store,
+        })
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, NodeRecord>> {
+        // Poisoning only follows a panic in another thread; the map itself is still valid.
+        self.nodes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, NodeRecord>> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a heartbeat. A `live` one marks the node online; a retained one (replayed
+    /// by the broker when we subscribe) only refreshes what it runs.
+    pub fn heartbeat(&self, hb: Heartbeat, live: bool, now_ms: u64) -> store::Result<Seen> {
+        let (record, seen) = {
+            let mut nodes = self.write();
+            let seen;
+            let record = match nodes.get_mut(&hb.node_id) {
+                Some(n) => {
+                    seen = Seen {
+                        new: false,
+                        labels_changed: n.labels != hb.labels,
+                    };
+                    n
+                }
+                None => {
+                    seen = Seen {
+                        new: true,
+                        labels_changed: true,
+                    };
+                    nodes.entry(hb.node_id.clone()).or_insert(NodeRecord {
+                        id: hb.node_id.clone(),
+                        liveness: Liveness::Offline,
+                        reason: Some("never heard from live".into()),
+                        since_ms: now_ms,
+                        first_seen_ms: now_ms,
+                        last_seen_ms: 0,
+                        labels: BTreeMap::new(),
+                        arch: String::new(),
+                        version: String::new(),
+                        desired_generation: 0,
+                        applied_generation: 0,
+                        modules: Vec::new(),
+                    })
+                }
+            };
+            if live {
+                if record.liveness != Liveness::Online {
+                    record.liveness = Liveness::Online;
+                    record.reason = None;
+                    record.since_ms = now_ms;
+                }
+                record.last_seen_ms = now_ms;
+            }
+            record.labels = hb.labels;
+            record.arch = hb.arch;
+            record.version = hb.version;
+            record.desired_generation = hb.desired_generation;
+            record.applied_generation = hb.applied_generation;
+            record.modules = hb.modules;
+            (record.clone(), seen)
+        };
+        self.store.put_node(&record)?;
+        Ok(seen)
+    }
+
+    /// Marks a node offline (its will fired, it shut down, or it went silent).
+    pub fn offline(&self, id: &str, reason: &str, now_ms: u64) -> store::Result<bool> {
+        let record = {
+            let mut nodes = self.write();
+            let Some(n) = nodes.get_mut(id) else {
+                return Ok(false);
+            };
+            if n.liveness == Liveness::Offline {
+                return Ok(false);
+            }
+            n.liveness = Liveness::Offline;
+            n.reason = Some(reason.to_string());
+            n.since_ms = now_ms;
+            n.clone()
+        };
+        self.store.put_node(&record)?;
+        tracing::info!(node = id, reason, "node offline");
+        Ok(true)
+    }
+
+    /// Marks offline every online node whose last heartbeat is older than `timeout_ms`;
+    /// returns their ids.
+    pub fn sweep(&self, now_ms: u64, timeout_ms: u64) -> store::Result<Vec<String>> {
+        let overdue: Vec<String> = self
+            .read()
+            .values()
+            .filter(|n| {
+                n.liveness == Liveness::Online && now_ms.saturating_sub(n.last_seen_ms) > timeout_ms
+            })
+            .map(|n| n.id.clone())
+            .collect();
+        let mut marked = Vec::new();
+        for id in overdue {
+            if self.offline(&id, "heartbeat overdue", now_ms)? {
+                marked.push(id);
+            }
+        }
+        Ok(marked)
+    }
+
+    pub fn get(&self, id: &str) -> Option<NodeRecord> {
+        self.read().get(id).cloned()
+    }
+
+    /// All nodes, sorted by id.
+    pub fn list(&self) -> Vec<NodeRecord> {
+        let mut all: Vec<NodeRecord> = self.read().values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// (id, labels) of every node, for recomputing desired states.
+    pub fn selectors(&self) -> Vec<(String, BTreeMap<String, String>)> {
+        self.read()
+            .values()
+            .map(|n| (n.id.clone(), n.labels.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(id: &str, site: &str) -> Heartbeat {
+        Heartbeat {
+            node_id: id.into(),
+            sent_at_ms: 0,
+            arch: "x86_64".into(),
+            version: "0.1.0".into(),
+            labels: BTreeMap::from([("site".to_string(), site.to_string())]),
+            desired_generation: 0,
+            applied_generation: 0,
+            modules: vec![],
+        }
+    }
+
+    #[test]
+    fn heartbeat_sweep_and_will() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+        let seen = fleet.heartbeat(hb("n1", "a"), true, 1_000).unwrap();
+        assert!(seen.new && seen.labels_changed);
+        assert_eq!(fleet.get("n1").unwrap().liveness, Liveness::Online);
+
+        let seen = fleet.heartbeat(hb("n1", "a"), true, 2_000).unwrap();
+        assert_eq!(
+            seen,
+            Seen {
+                new: false,
+                labels_changed: false
+            }
+        );
+        assert!(fleet.heartbeat(hb("n1", "b"), true, 3_000).unwrap().labels_changed);
+
+        assert!(fleet.sweep(10_000, 15_000).unwrap().is_empty());
+        assert_eq!(fleet.sweep(20_000, 15_000).unwrap(), ["n1"]);
+        let n = fleet.get("n1").unwrap();
+        assert_eq!(n.liveness, Liveness::Offline);
+        assert_eq!(n.since_ms, 20_000);
+
+        fleet.heartbeat(hb("n1", "b"), true, 21_000).unwrap();
+        assert!(fleet.offline("n1", "last will", 22_000).unwrap());
+        assert!(!fleet.offline("n1", "last will", 23_000).unwrap());
+        assert!(!fleet.offline("unknown", "last will", 23_000).unwrap());
+    }
+
+    #[test]
+    fn retained_heartbeat_does_not_mark_online() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+        fleet.heartbeat(hb("n1", "a"), false, 1_000).unwrap();
+        assert_eq!(fleet.get("n1").unwrap().liveness, Liveness::Offline);
+    }
+
+    #[test]
+    fn registry_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+            fleet.heartbeat(hb("n1", "a"), true, 1_000).unwrap();
+        }
+        let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(fleet.list().len(), 1);
+    }
+}

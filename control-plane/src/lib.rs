@@ -1,0 +1,33 @@
+//! # wedge-control-plane — the fleet's brain
+//!
+//! Decides what every edge node should run, serves module blobs, tracks node health and
+//! answers operators over HTTP.
+//!
+//! Layout:
+//! - [`config`]: the one configuration tree (TOML file + flags), validated before any port
+//!   is bound.
+//! - [`app`]: startup and shutdown; wires the pieces below together.
+//! - [`store`]: durable state in sled (modules and blobs, deployments, nodes, desired
+//!   states), behind typed methods so sled never leaks out.
+//! - [`fleet`]: the node registry and health (online/offline from heartbeats and wills).
+//! - [`desired`]: which modules a node should run, given the deployments (pure).
+//! - [`mqtt`]: the uplink session: status in, desired states and blob chunks out.
+//! - [`api`]: the HTTP API (axum), one file per resource.
+//!
+//! Flow: an operator uploads a module and posts a deployment → [`desired`] computes each
+//! targeted node's module list → a changed list bumps the node's generation and is
+//! published retained on `wedge/v1/nodes/{id}/desired` → the node fetches the blob over
+//! `blob/req`/`blob/data`, runs it and reports in its heartbeat → [`fleet`] records it.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod desired;
+pub mod fleet;
+pub mod mqtt;
+pub mod reconcile;
+pub mod store;
+mod time;
+
+pub use app::{App, Running};
+pub use config::Config;

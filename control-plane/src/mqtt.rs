@@ -1,0 +1,280 @@
+//! The control plane's MQTT session: heartbeats, wills and blob requests in; desired
+//! states and blob chunks out.
+//!
+//! The control plane is an ordinary MQTT client (rumqttc) of the broker, embedded or
+//! external, so both setups run the same code. rumqttc's event loop must never wait on
+//! our handlers (a handler waiting to publish while the loop waits on the handler is a
+//! deadlock), so incoming messages go to the handler task with `try_send` over a bounded
+//! queue; a full queue drops the message and counts it. Every inbound message is either
+//! repeated by its sender (heartbeats) or retried on a timeout (blob requests).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wedge_shared::messages::{
+    BLOB_CHUNK_SIZE, BlobChunk, BlobReply, BlobRequest, DesiredState, StatusMessage,
+};
+use wedge_shared::topics::{self, NodeTopic};
+use wedge_shared::{DecodeError, decode, encode};
+
+use crate::fleet::Fleet;
+use crate::reconcile::Reconciler;
+use crate::store::Store;
+use crate::time::now_ms;
+
+/// Most chunks sent in answer to one request, whatever the node asks for.
+const MAX_CHUNKS_PER_REQUEST: u32 = 16;
+const INBOUND_QUEUE: usize = 4096;
+
+/// Counters of what went wrong on the wire.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub decode_errors: AtomicU64,
+    pub dropped_inbound: AtomicU64,
+    pub impersonation: AtomicU64,
+}
+
+/// Publishes on behalf of the control plane. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: AsyncClient,
+}
+
+impl Publisher {
+    /// Publishes a node's desired state, retained.
+    pub async fn desired(&self, node: &str, state: &DesiredState) -> Result<(), String> {
+        self.client
+            .publish(
+                NodeTopic::Desired.for_node(node),
+                QoS::AtLeastOnce,
+                true,
+                encode(state),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn blob(&self, node: &str, reply: &BlobReply) -> Result<(), String> {
+        self.client
+            .publish(
+                NodeTopic::BlobData.for_node(node),
+                QoS::AtLeastOnce,
+                false,
+                encode(reply),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Creates the client; [`Session::run`] drives it.
+pub fn connect(broker: (&str, u16), client_id: &str, max_payload: usize) -> (Publisher, Session) {
+    let mut opts = MqttOptions::new(client_id, broker.0, broker.1);
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_clean_session(true);
+    // rumqttc's default limit is 10 KiB and an oversize packet kills its event loop.
+    opts.set_max_packet_size(max_payload + 1024, max_payload + 1024);
+    opts.set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    (
+        Publisher {
+            client: client.clone(),
+        },
+        Session { client, eventloop },
+    )
+}
+
+struct Inbound {
+    node: String,
+    kind: NodeTopic,
+    payload: Vec<u8>,
+    retained: bool,
+}
+
+/// The running MQTT session.
+pub struct Session {
+    client: AsyncClient,
+    eventloop: EventLoop,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("mqtt::Session")
+    }
+}
+
+/// What the session's handler needs.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub store: Store,
+    pub fleet: Arc<Fleet>,
+    pub reconciler: Arc<Reconciler>,
+    pub publisher: Publisher,
+    pub counters: Arc<Counters>,
+}
+
+impl Session {
+    /// Runs until `shutdown`, reconnecting with capped exponential backoff.
+    pub async fn run(mut self, ctx: Context, shutdown: CancellationToken) {
+        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+        let handler = tokio::spawn(handle_inbound(rx, ctx.clone()));
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!("connected to the broker");
+                    let client = self.client.clone();
+                    // Subscribing from this task could wait on the queue this loop drains.
+                    tokio::spawn(async move {
+                        for filter in [NodeTopic::Status, NodeTopic::BlobRequest] {
+                            if let Err(e) = client.subscribe(filter.all_nodes(), QoS::AtLeastOnce).await {
+                                tracing::warn!(error = %e, "subscribe failed");
+                            }
+                        }
+                    });
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let topic = p.topic.clone();
+                    let Some((node, kind)) = topics::parse(&topic) else {
+                        continue;
+                    };
+                    let inbound = Inbound {
+                        node: node.to_string(),
+                        kind,
+                        payload: p.payload.to_vec(),
+                        retained: p.retain,
+                    };
+                    if tx.try_send(inbound).is_err() {
+                        ctx.counters.dropped_inbound.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic, "inbound queue full, message dropped");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        drop(tx);
+        let _ = self.client.try_disconnect();
+        // Let the DISCONNECT go out; the loop ends when the connection closes.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while self.eventloop.poll().await.is_ok() {}
+        })
+        .await;
+        let _ = handler.await;
+    }
+}
+
+async fn handle_inbound(mut rx: mpsc::Receiver<Inbound>, ctx: Context) {
+    while let Some(msg) = rx.recv().await {
+        let result = match msg.kind {
+            NodeTopic::Status => on_status(&ctx, &msg).await,
+            NodeTopic::BlobRequest => on_blob_request(&ctx, &msg).await,
+            // Our own outbound topics.
+            NodeTopic::Desired | NodeTopic::BlobData => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(node = msg.node, error = %e, "inbound message not handled");
+        }
+    }
+}
+
+fn decode_counted<T: serde::de::DeserializeOwned>(
+    ctx: &Context,
+    msg: &Inbound,
+) -> Result<T, DecodeError> {
+    decode(&msg.payload).inspect_err(|e| {
+        ctx.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(node = msg.node, kind = ?msg.kind, error = %e, "undecodable message");
+    })
+}
+
+async fn on_status(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
+    let Ok(status) = decode_counted::<StatusMessage>(ctx, msg) else {
+        return Ok(());
+    };
+    let claimed = match &status {
+        StatusMessage::Heartbeat(hb) => &hb.node_id,
+        StatusMessage::Offline(o) => &o.node_id,
+    };
+    if *claimed != msg.node {
+        ctx.counters.impersonation.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(topic_node = msg.node, claimed, "status for another node refused");
+        return Ok(());
+    }
+    match status {
+        StatusMessage::Heartbeat(hb) => {
+            let desired_generation = hb.desired_generation;
+            let seen = ctx.fleet.heartbeat(hb, !msg.retained, now_ms())?;
+            if seen.new {
+                tracing::info!(node = msg.node, "node joined");
+            }
+            if seen.labels_changed {
+                ctx.reconciler.node(&msg.node).await?;
+            }
+            if !msg.retained {
+                ctx.reconciler
+                    .resend_if_behind(&msg.node, desired_generation)
+                    .await?;
+            }
+        }
+        StatusMessage::Offline(o) => {
+            let reason = if o.graceful { "shut down" } else { "connection lost (last will)" };
+            ctx.fleet.offline(&msg.node, reason, now_ms())?;
+        }
+    }
+    Ok(())
+}
+
+async fn on_blob_request(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
+    let Ok(req) = decode_counted::<BlobRequest>(ctx, msg) else {
+        return Ok(());
+    };
+    let Some(blob) = ctx.store.blob(&req.digest)? else {
+        ctx.publisher
+            .blob(&msg.node, &BlobReply::NotFound { digest: req.digest })
+            .await
+            .map_err(anyhow::Error::msg)?;
+        return Ok(());
+    };
+    let total = blob.len() as u64;
+    let mut offset = req.offset.min(total);
+    for _ in 0..req.max_chunks.clamp(1, MAX_CHUNKS_PER_REQUEST) {
+        if offset >= total {
+            break;
+        }
+        // `offset < total <= usize::MAX` on every platform that loaded the blob.
+        let start = offset as usize;
+        let end = (start + BLOB_CHUNK_SIZE).min(blob.len());
+        let reply = BlobReply::Chunk(BlobChunk {
+            digest: req.digest,
+            offset,
+            total,
+            data: blob[start..end].to_vec(),
+        });
+        ctx.publisher
+            .blob(&msg.node, &reply)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        offset = end as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,349 @@
+//! The agent: makes what runs match the desired state, and says so.
+//!
+//! It owns the module instances. On a desired state it saves it (so the node boots into it
+//! without the control plane), starts what is new or changed, stops what is gone and
+//! fetches missing blobs. It reports a heartbeat on every connect, on every module state
+//! change and every heartbeat interval.
+//!
+//! A changed module is swapped by starting the new instance and pointing the route at it
+//! before the old one is stopped, so local messages keep flowing during a deploy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use wedge_broker::LocalPublisher;
+use wedge_shared::Digest;
+use wedge_shared::messages::{BlobReply, DesiredState, Heartbeat, ModuleSpec, ModuleState, ModuleStatus};
+
+use crate::config::ModuleLimits;
+use crate::router::{Route, RouteTable};
+use crate::runtime::{Instance, InstanceConfig, Runtime};
+use crate::store::Store;
+use crate::uplink::fetch::{Fetcher, Progress};
+use crate::uplink::{Inbound, UplinkClient};
+
+/// What the agent needs to know about its node.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub node_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat_interval: Duration,
+    pub max_module_size: u64,
+    pub limits: ModuleLimits,
+}
+
+/// The reconciling agent.
+#[derive(Debug)]
+pub struct Agent {
+    identity: Identity,
+    store: Store,
+    runtime: Runtime,
+    publisher: LocalPublisher,
+    routes: RouteTable,
+    uplink: UplinkClient,
+    changed: Arc<Notify>,
+    instances: BTreeMap<String, Instance>,
+    /// Modules that are wanted but not running an instance: fetching or unusable.
+    waiting: BTreeMap<String, ModuleStatus>,
+    desired: Option<DesiredState>,
+    applied_generation: u64,
+    fetcher: Fetcher,
+}
+
+impl Agent {
+    pub fn new(
+        identity: Identity,
+        store: Store,
+        runtime: Runtime,
+        publisher: LocalPublisher,
+        routes: RouteTable,
+        uplink: UplinkClient,
+    ) -> Self {
+        Self {
+            identity,
+            store,
+            runtime,
+            publisher,
+            routes,
+            uplink,
+            changed: Arc::new(Notify::new()),
+            instances: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            desired: None,
+            applied_generation: 0,
+            fetcher: Fetcher::default(),
+        }
+    }
+
+    /// Runs the last desired state saved in the store, before any uplink exists.
+    pub async fn boot(&mut self) {
+        match self.store.desired() {
+            Ok(Some(state)) => {
+                tracing::info!(generation = state.generation, modules = state.modules.len(), "running the saved desired state");
+                self.desired = Some(state);
+                self.converge().await;
+            }
+            Ok(None) => tracing::info!("no saved desired state; waiting for the control plane"),
+            Err(e) => tracing::error!(error = %e, "cannot read the saved desired state"),
+        }
+    }
+
+    /// Runs until `shutdown`, then stops every module.
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+        let mut heartbeat = tokio::time::interval(self.identity.heartbeat_interval);
+        let mut fetch_check = tokio::time::interval(Duration::from_secs(1));
+        let changed = self.changed.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = inbound.recv() => match msg {
+                    Some(msg) => self.on_inbound(msg).await,
+                    None => break,
+                },
+                _ = heartbeat.tick() => self.report(),
+                _ = changed.notified() => self.report(),
+                _ = fetch_check.tick() => {
+                    for req in self.fetcher.stalled(Instant::now()) {
+                        self.uplink.blob_request(&req);
+                    }
+                }
+            }
+        }
+        self.stop_all().await;
+    }
+
+    async fn on_inbound(&mut self, msg: Inbound) {
+        match msg {
+            Inbound::Connected => {
+                for req in self.fetcher.resume_all(Instant::now()) {
+                    self.uplink.blob_request(&req);
+                }
+                self.report();
+            }
+            Inbound::Desired(state) => self.on_desired(state).await,
+            Inbound::Blob(BlobReply::Chunk(chunk)) => {
+                match self.fetcher.on_chunk(chunk, Instant::now()) {
+                    Progress::Ignored | Progress::Appended => {}
+                    Progress::More(req) => {
+                        self.uplink.blob_request(&req);
+                    }
+                    Progress::Complete(digest, bytes) => {
+                        tracing::info!(%digest, size = bytes.len(), "module blob fetched and verified");
+                        if let Err(e) = self.store.put_blob(&digest, &bytes) {
+                            tracing::error!(%digest, error = %e, "cannot store module blob");
+                            self.mark_waiting_digest(&digest, ModuleState::Failed, Some(format!("cannot store blob: {e}")));
+                            return;
+                        }
+                        self.converge().await;
+                    }
+                    Progress::Corrupt(digest, reason) => {
+                        tracing::warn!(%digest, reason, "blob rejected; fetching again");
+                        self.mark_waiting_digest(&digest, ModuleState::Fetching, Some(reason));
+                    }
+                }
+            }
+            Inbound::Blob(BlobReply::NotFound { digest }) => {
+                tracing::warn!(%digest, "the control plane has no such blob");
+                self.mark_waiting_digest(&digest, ModuleState::Fetching, Some("the control plane has no blob with this digest".into()));
+            }
+        }
+    }
+
+    async fn on_desired(&mut self, state: DesiredState) {
+        if self.desired.as_ref() == Some(&state) {
+            self.report();
+            return;
+        }
+        tracing::info!(generation = state.generation, modules = state.modules.len(), "new desired state");
+        if let Err(e) = self.store.put_desired(&state) {
+            // Still act on it: running it now beats not running it; only a reboot
+            // without the control plane would miss it.
+            tracing::error!(error = %e, "cannot save the desired state");
+        }
+        self.desired = Some(state);
+        self.converge().await;
+    }
+
+    fn mark_waiting_digest(&mut self, digest: &Digest, state: ModuleState, error: Option<String>) {
+        for status in self.waiting.values_mut().filter(|s| s.digest == *digest) {
+            status.state = state;
+            status.last_error.clone_from(&error);
+        }
+        self.report();
+    }
+
+    /// Brings the instances in line with the desired state.
+    async fn converge(&mut self) {
+        let Some(desired) = self.desired.clone() else {
+            return;
+        };
+        let wanted: Vec<Digest> = desired.modules.iter().map(|m| m.digest).collect();
+        self.fetcher.retain(&wanted);
+
+        let mut next: BTreeMap<String, Instance> = BTreeMap::new();
+        let mut retired = Vec::new();
+        self.waiting.clear();
+        for spec in &desired.modules {
+            let current = self.instances.remove(&spec.name);
+            if let Some(inst) = current {
+                if same_instance(inst.config(), spec) {
+                    next.insert(spec.name.clone(), inst);
+                    continue;
+                }
+                retired.push(inst);
+            }
+            match self.start(spec).await {
+                Ok(Some(inst)) => {
+                    next.insert(spec.name.clone(), inst);
+                }
+                Ok(None) => {} // fetching
+                Err(error) => {
+                    tracing::error!(module = spec.name, error, "module cannot start");
+                    self.waiting.insert(
+                        spec.name.clone(),
+                        ModuleStatus {
+                            name: spec.name.clone(),
+                            digest: spec.digest,
+                            state: ModuleState::Failed,
+                            last_error: Some(error),
+                            restarts: 0,
+                        },
+                    );
+                }
+            }
+        }
+        retired.extend(std::mem::take(&mut self.instances).into_values());
+        self.instances = next;
+        self.update_routes(&desired);
+        self.stop(retired).await;
+
+        if !self.waiting.values().any(|s| s.state == ModuleState::Fetching) {
+            self.applied_generation = desired.generation;
+            if let Err(e) = self.store.retain_blobs(&wanted) {
+                tracing::warn!(error = %e, "cannot remove unused blobs");
+            }
+        }
+        self.report();
+    }
+
+    /// Starts an instance of `spec`, or starts fetching its blob (`Ok(None)`).
+    async fn start(&mut self, spec: &ModuleSpec) -> Result<Option<Instance>, String> {
+        if spec.size > self.identity.max_module_size {
+            return Err(format!(
+                "module of {} bytes exceeds this node's limit of {}",
+                spec.size, self.identity.max_module_size
+            ));
+        }
+        let blob = self.store.blob(&spec.digest).map_err(|e| e.to_string())?;
+        let Some(blob) = blob else {
+            if let Some(req) = self.fetcher.want(spec.digest, spec.size, Instant::now()) {
+                self.uplink.blob_request(&req);
+            }
+            self.waiting.insert(
+                spec.name.clone(),
+                ModuleStatus {
+                    name: spec.name.clone(),
+                    digest: spec.digest,
+                    state: ModuleState::Fetching,
+                    last_error: None,
+                    restarts: 0,
+                },
+            );
+            return Ok(None);
+        };
+        let runtime = self.runtime.clone();
+        let component = tokio::task::spawn_blocking(move || runtime.compile(&blob))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let limits = &self.identity.limits;
+        let config = InstanceConfig {
+            name: spec.name.clone(),
+            digest: spec.digest,
+            config: spec.config.clone(),
+            memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            call_timeout: Duration::from_millis(limits.call_timeout_ms),
+            queue: limits.queue,
+        };
+        Instance::start(
+            self.runtime.clone(),
+            component,
+            self.publisher.clone(),
+            config,
+            self.changed.clone(),
+        )
+        .map(Some)
+        .map_err(|e| format!("cannot start module thread: {e}"))
+    }
+
+    fn update_routes(&self, desired: &DesiredState) {
+        let routes = desired
+            .modules
+            .iter()
+            .filter_map(|spec| {
+                self.instances.get(&spec.name).map(|inst| Route {
+                    module: spec.name.clone(),
+                    filters: spec.subscriptions.clone(),
+                    inbox: inst.inbox(),
+                })
+            })
+            .collect();
+        self.routes.replace(routes);
+    }
+
+    async fn stop(&self, instances: Vec<Instance>) {
+        if instances.is_empty() {
+            return;
+        }
+        let handles: Vec<_> = instances.into_iter().filter_map(Instance::stop).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        })
+        .await;
+    }
+
+    async fn stop_all(&mut self) {
+        self.routes.replace(Vec::new());
+        let all = std::mem::take(&mut self.instances).into_values().collect();
+        self.stop(all).await;
+    }
+
+    /// Module statuses, sorted by name.
+    pub fn modules(&self) -> Vec<ModuleStatus> {
+        let mut all: Vec<ModuleStatus> = self
+            .instances
+            .values()
+            .map(Instance::status)
+            .chain(self.waiting.values().cloned())
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    fn report(&self) {
+        let hb = Heartbeat {
+            node_id: self.identity.node_id.clone(),
+            sent_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            arch: std::env::consts::ARCH.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            labels: self.identity.labels.clone(),
+            desired_generation: self.desired.as_ref().map_or(0, |d| d.generation),
+            applied_generation: self.applied_generation,
+            modules: self.modules(),
+        };
+        self.uplink.heartbeat(&hb);
+    }
+}
+
+/// Whether a running instance already is what `spec` asks for.
+fn same_instance(current: &InstanceConfig, spec: &ModuleSpec) -> bool {
+    current.digest == spec.digest && current.config == spec.config
+}

@@ -1,0 +1,138 @@
+//! Startup and shutdown of an edge node.
+//!
+//! Order: validate config → open the store → start the local broker → start the runtime →
+//! boot the saved desired state (modules run before any uplink exists) → start the router,
+//! the uplink session and the agent. Shutdown: cancel → the agent stops the modules → the
+//! uplink says a graceful goodbye → the store is flushed. The embedded broker has no
+//! shutdown and ends with the process.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wedge_broker::EmbeddedBroker;
+
+use crate::agent::{Agent, Identity};
+use crate::config::Config;
+use crate::router::{self, RouteTable};
+use crate::runtime::Runtime;
+use crate::store::Store;
+use crate::uplink;
+
+const GRACE: Duration = Duration::from_secs(10);
+
+/// The edge node.
+#[derive(Debug)]
+pub struct App;
+
+/// A started edge node.
+#[derive(Debug)]
+pub struct Running {
+    local_mqtt_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl App {
+    /// Starts the node; returns once its local broker accepts devices and its saved
+    /// modules are started.
+    pub async fn start(config: Config) -> anyhow::Result<Running> {
+        config.validate()?;
+        let (cp_host, cp_port) = config.control_plane_addr()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let store = Store::open(&config.data_dir.join("store"))
+            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+
+        let broker_cfg = wedge_broker::Config::new(config.local_mqtt_listen);
+        let link_id = format!("wedge-node-{}", config.node_id);
+        let (broker, publisher, receiver) =
+            tokio::task::spawn_blocking(move || EmbeddedBroker::start_with_link(&broker_cfg, &link_id))
+                .await?
+                .context("cannot start the local MQTT broker")?;
+        publisher
+            .subscribe("#")
+            .context("cannot subscribe to the local broker")?;
+        let local_mqtt_addr = broker.local_addr();
+
+        let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
+        let routes = RouteTable::default();
+        let (client, session) = uplink::connect(uplink::Settings {
+            node_id: config.node_id.clone(),
+            host: cp_host,
+            port: cp_port,
+            keep_alive: Duration::from_secs(config.keep_alive_secs),
+        });
+        let mut agent = Agent::new(
+            Identity {
+                node_id: config.node_id.clone(),
+                labels: config.labels.clone(),
+                heartbeat_interval: config.heartbeat_interval(),
+                max_module_size: config.max_module_size,
+                limits: config.limits.clone(),
+            },
+            store,
+            runtime,
+            publisher,
+            routes.clone(),
+            client,
+        );
+        // Routes are in place before the first message is read: nothing is missed.
+        agent.boot().await;
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let (inbound_tx, inbound_rx) = mpsc::channel(256);
+        tracker.spawn(router::run(receiver, routes, shutdown.clone()));
+        // The agent stops first, then the session says goodbye: the session gets its own
+        // token, cancelled when the agent is done.
+        let session_stop = CancellationToken::new();
+        let agent_shutdown = shutdown.clone();
+        let agent_done = session_stop.clone();
+        tracker.spawn(async move {
+            agent.run(inbound_rx, agent_shutdown).await;
+            agent_done.cancel();
+        });
+        tracker.spawn(session.run(inbound_tx, session_stop));
+        tracker.close();
+        tracing::info!(node = config.node_id, local_mqtt = %local_mqtt_addr, control_plane = config.control_plane, "edge node started");
+        Ok(Running {
+            local_mqtt_addr,
+            shutdown,
+            tracker,
+        })
+    }
+}
+
+impl Running {
+    /// The local broker's address (what devices connect to).
+    pub fn local_mqtt_addr(&self) -> SocketAddr {
+        self.local_mqtt_addr
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops and waits for the tasks to finish (at most the grace period).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.drain().await;
+    }
+
+    /// Waits until the shutdown token is cancelled, then drains.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.drain().await;
+    }
+
+    async fn drain(self) {
+        if tokio::time::timeout(GRACE, self.tracker.wait()).await.is_err() {
+            tracing::warn!(grace = ?GRACE, "shutdown grace period ran out");
+        }
+        tracing::info!("edge node stopped");
+    }
+}

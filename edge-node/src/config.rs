@@ -1,0 +1,190 @@
+//! Configuration of an edge node: defaults, then a TOML file (`--config`), then flags.
+//! Validated before anything binds a port; an invalid one exits with code 64.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use wedge_shared::topics::validate_id;
+
+/// Everything an edge node can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The node's id: unique in the fleet, `[A-Za-z0-9._-]{1,128}`.
+    pub node_id: String,
+    /// Where the local store lives.
+    pub data_dir: PathBuf,
+    /// The control plane's MQTT broker, `mqtt://host:port`.
+    pub control_plane: String,
+    /// Address of the embedded broker local devices publish to.
+    pub local_mqtt_listen: SocketAddr,
+    /// Labels deployments select nodes by.
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat_interval_secs: u64,
+    /// MQTT keep-alive with the control plane: the broker fires our last will after 1.5×.
+    pub keep_alive_secs: u64,
+    /// Largest module blob the node accepts.
+    pub max_module_size: u64,
+    pub limits: ModuleLimits,
+}
+
+/// Default limits for every module instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModuleLimits {
+    /// Most linear memory one instance may have.
+    pub memory_bytes: u64,
+    /// Longest one call (init or on-message) may run before it is interrupted.
+    pub call_timeout_ms: u64,
+    /// Messages waiting for one instance; beyond it new ones are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for ModuleLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 32 * 1024 * 1024,
+            call_timeout_ms: 1000,
+            queue: 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            data_dir: PathBuf::from("wedge-node-data"),
+            control_plane: "mqtt://127.0.0.1:1883".into(),
+            local_mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            labels: BTreeMap::new(),
+            heartbeat_interval_secs: 5,
+            keep_alive_secs: 5,
+            max_module_size: 16 * 1024 * 1024,
+            limits: ModuleLimits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_secs)
+    }
+
+    /// The control plane's broker as (host, port).
+    pub fn control_plane_addr(&self) -> anyhow::Result<(String, u16)> {
+        parse_mqtt_url(&self.control_plane)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        validate_id(&self.node_id).map_err(|e| anyhow::anyhow!("node_id {e}"))?;
+        self.control_plane_addr()?;
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.contains([',', '=']) || v.contains([',', '=']) {
+                bail!("label {k}={v}: keys must be non-empty; neither may contain ',' or '='");
+            }
+        }
+        if self.heartbeat_interval_secs == 0 || self.keep_alive_secs == 0 {
+            bail!("heartbeat_interval_secs and keep_alive_secs must be at least 1");
+        }
+        // A Rust guest starts at ~1.1 MB of linear memory.
+        if self.limits.memory_bytes < 2 * 1024 * 1024 {
+            bail!("limits.memory_bytes must be at least 2 MiB");
+        }
+        if self.limits.call_timeout_ms < 10 || self.limits.queue == 0 {
+            bail!("limits.call_timeout_ms must be at least 10 and limits.queue positive");
+        }
+        Ok(())
+    }
+}
+
+/// Parses `mqtt://host:port` (or `tcp://`, or a bare `host:port`); the port defaults to 1883.
+pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url);
+    if rest.contains("://") {
+        bail!("control plane URL {url:?}: only mqtt:// is supported");
+    }
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') => (
+            h,
+            p.parse::<u16>()
+                .with_context(|| format!("control plane URL {url:?}: bad port"))?,
+        ),
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("control plane URL {url:?}: no host");
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Parses `k=v,k2=v2` into labels.
+pub fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("label {pair:?} is not key=value"))?;
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://cp.local:1884").unwrap(),
+            ("cp.local".into(), 1884)
+        );
+        assert_eq!(parse_mqtt_url("10.0.0.1").unwrap(), ("10.0.0.1".into(), 1883));
+        assert_eq!(parse_mqtt_url("mqtt://[::1]:9").unwrap(), ("::1".into(), 9));
+        assert!(parse_mqtt_url("http://x:1").is_err());
+        assert!(parse_mqtt_url("mqtt://x:notaport").is_err());
+        assert!(parse_mqtt_url("mqtt://").is_err());
+    }
+
+    #[test]
+    fn labels() {
+        let l = parse_labels("site=berlin, role=gateway").unwrap();
+        assert_eq!(l["site"], "berlin");
+        assert_eq!(l["role"], "gateway");
+        assert!(parse_labels("oops").is_err());
+        assert!(parse_labels("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = Config {
+            node_id: "n1".into(),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        c.node_id = "bad/id".into();
+        assert!(c.validate().is_err());
+        c.node_id = "n1".into();
+        c.limits.memory_bytes = 1024;
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<Config>("unknown = 1").is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! `wedge-node`: parse flags → config → tracing → start → wait for a signal → drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use wedge_edge_node::config::parse_labels;
+use wedge_edge_node::{App, Config};
+
+/// A Wedge edge node: local MQTT broker, WebAssembly modules, uplink to the control plane.
+#[derive(Debug, Parser)]
+#[command(name = "wedge-node", version)]
+struct Cli {
+    /// TOML configuration file; flags override it.
+    #[arg(long, env = "WEDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id, unique in the fleet.
+    #[arg(long, env = "WEDGE_NODE_ID")]
+    node_id: Option<String>,
+    /// Directory of the local store.
+    #[arg(long, env = "WEDGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The control plane's MQTT broker [default: mqtt://127.0.0.1:1883].
+    #[arg(long, env = "WEDGE_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// Address of the local broker devices publish to [default: 0.0.0.0:1883].
+    #[arg(long, env = "WEDGE_LOCAL_MQTT_LISTEN")]
+    local_mqtt_listen: Option<SocketAddr>,
+    /// Labels, `k=v,k2=v2` (replace those of the config file).
+    #[arg(long, env = "WEDGE_LABELS")]
+    labels: Option<String>,
+    /// Log format: `text` or `json`.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+/// Exit code for an unusable configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = &cli.node_id {
+        config.node_id = v.clone();
+    }
+    if let Some(v) = &cli.data_dir {
+        config.data_dir = v.clone();
+    }
+    if let Some(v) = &cli.control_plane {
+        config.control_plane = v.clone();
+    }
+    if let Some(v) = cli.local_mqtt_listen {
+        config.local_mqtt_listen = v;
+    }
+    if let Some(v) = &cli.labels {
+        config.labels = parse_labels(v)?;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    wedge_shared::process::init(&cli.log_format);
+    let config = match config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wedge-node: invalid configuration: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let running = match App::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        wedge_shared::process::shutdown_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    running.wait().await;
+    ExitCode::SUCCESS
+}

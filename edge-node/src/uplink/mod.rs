@@ -1,0 +1,261 @@
+//! The node's MQTT session with the control plane.
+//!
+//! - Connects with rumqttc (TCP_NODELAY on, explicit packet limits: rumqttc's 10 KiB default
+//!   would kill the event loop on the first blob chunk) and a retained last will that marks
+//!   the node offline.
+//! - Reconnects with exponential backoff and jitter (rumqttc alone retries at once, forever).
+//! - On every connect it re-subscribes and tells the agent, which answers with a heartbeat
+//!   carrying the generation it runs: the control plane re-sends the desired state if that
+//!   is stale, so nothing depends on the broker having kept a retained message.
+//! - Inbound messages go to the agent over a bounded queue with `try_send`: the event loop
+//!   never waits on the agent. What is dropped is repeated (desired state on the next
+//!   heartbeat) or retried (blob chunks on a stall).
+//! - Outbound: [`UplinkClient`] never blocks the agent either; when the client's queue is
+//!   full (link down), a heartbeat or request is skipped and sent again later.
+
+pub mod fetch;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wedge_shared::messages::{BlobReply, BlobRequest, DesiredState, Heartbeat, Offline, StatusMessage};
+use wedge_shared::topics::{self, NodeTopic};
+use wedge_shared::{MAX_MESSAGE_SIZE, decode, encode};
+
+/// What the session hands the agent.
+#[derive(Debug)]
+pub enum Inbound {
+    /// (Re)connected: report at once and resume fetches.
+    Connected,
+    Desired(DesiredState),
+    Blob(BlobReply),
+}
+
+/// Counters of the uplink.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub reconnects: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub dropped_inbound: AtomicU64,
+    pub skipped_outbound: AtomicU64,
+}
+
+/// Sends to the control plane without ever blocking. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UplinkClient {
+    client: AsyncClient,
+    node_id: String,
+    counters: Arc<Counters>,
+}
+
+impl UplinkClient {
+    fn send(&self, kind: NodeTopic, retain: bool, payload: Vec<u8>) -> bool {
+        let ok = self
+            .client
+            .try_publish(kind.for_node(&self.node_id), QoS::AtLeastOnce, retain, payload)
+            .is_ok();
+        if !ok {
+            self.counters.skipped_outbound.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Publishes a heartbeat (retained, so a control plane that starts later sees it).
+    pub fn heartbeat(&self, hb: &Heartbeat) -> bool {
+        self.send(
+            NodeTopic::Status,
+            true,
+            encode(&StatusMessage::Heartbeat(hb.clone())),
+        )
+    }
+
+    pub fn blob_request(&self, req: &BlobRequest) -> bool {
+        self.send(NodeTopic::BlobRequest, false, encode(req))
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+/// How to reach the control plane.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: String,
+    pub host: String,
+    pub port: u16,
+    pub keep_alive: Duration,
+}
+
+/// The session; [`Session::run`] drives it.
+pub struct Session {
+    settings: Settings,
+    client: AsyncClient,
+    eventloop: EventLoop,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("uplink::Session")
+            .field("node_id", &self.settings.node_id)
+            .finish()
+    }
+}
+
+/// Creates the client and its session (nothing connects until the session runs).
+pub fn connect(settings: Settings) -> (UplinkClient, Session) {
+    let mut opts = MqttOptions::new(&settings.node_id, &settings.host, settings.port);
+    opts.set_keep_alive(settings.keep_alive);
+    opts.set_clean_session(true);
+    let limit = MAX_MESSAGE_SIZE + 4096;
+    opts.set_max_packet_size(limit, limit);
+    opts.set_last_will(LastWill::new(
+        NodeTopic::Status.for_node(&settings.node_id),
+        encode(&StatusMessage::Offline(Offline {
+            node_id: settings.node_id.clone(),
+            graceful: false,
+        })),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+    let counters = Arc::new(Counters::default());
+    (
+        UplinkClient {
+            client: client.clone(),
+            node_id: settings.node_id.clone(),
+            counters: counters.clone(),
+        },
+        Session {
+            settings,
+            client,
+            eventloop,
+            counters,
+        },
+    )
+}
+
+/// Backoff between reconnects: doubles from 100 ms to 10 s, with ±25 % jitter so a fleet
+/// that lost its control plane does not come back in lockstep.
+fn jittered(base: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(base.as_nanos() as u64);
+    let r = (h.finish() % 1000) as f64 / 1000.0; // 0.0..1.0
+    base.mul_f64(0.75 + r * 0.5)
+}
+
+impl Session {
+    /// Runs until `shutdown`, then says goodbye (a retained graceful offline) and
+    /// disconnects.
+    pub async fn run(mut self, agent: mpsc::Sender<Inbound>, shutdown: CancellationToken) {
+        let node = self.settings.node_id.clone();
+        let mut backoff = Duration::from_millis(100);
+        let mut connected = false;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.eventloop.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(host = self.settings.host, port = self.settings.port, "connected to the control plane");
+                    let client = self.client.clone();
+                    let node = node.clone();
+                    // Subscribing from this task could wait on the queue this loop drains.
+                    tokio::spawn(async move {
+                        for kind in [NodeTopic::Desired, NodeTopic::BlobData] {
+                            if let Err(e) = client.subscribe(kind.for_node(&node), QoS::AtLeastOnce).await {
+                                tracing::warn!(error = %e, "subscribe failed");
+                            }
+                        }
+                    });
+                    self.forward(&agent, Inbound::Connected);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Some((to, kind)) = topics::parse(&p.topic) else {
+                        continue;
+                    };
+                    if to != node {
+                        continue;
+                    }
+                    let inbound = match kind {
+                        NodeTopic::Desired => decode::<DesiredState>(&p.payload).map(Inbound::Desired),
+                        NodeTopic::BlobData => decode::<BlobReply>(&p.payload).map(Inbound::Blob),
+                        NodeTopic::Status | NodeTopic::BlobRequest => continue,
+                    };
+                    match inbound {
+                        Ok(m) => self.forward(&agent, m),
+                        Err(e) => {
+                            self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(topic = p.topic, error = %e, "undecodable message from the control plane");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected {
+                        self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        connected = false;
+                    }
+                    let wait = jittered(backoff);
+                    tracing::warn!(error = %e, retry_in = ?wait, "control plane unreachable");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        if connected {
+            self.goodbye().await;
+        }
+    }
+
+    fn forward(&self, agent: &mpsc::Sender<Inbound>, msg: Inbound) {
+        if agent.try_send(msg).is_err() {
+            self.counters.dropped_inbound.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("agent queue full; inbound message dropped");
+        }
+    }
+
+    /// Replaces the retained status with a graceful offline and disconnects, so the
+    /// control plane marks us offline at once instead of after the heartbeat timeout.
+    async fn goodbye(mut self) {
+        let offline = StatusMessage::Offline(Offline {
+            node_id: self.settings.node_id.clone(),
+            graceful: true,
+        });
+        let _ = self.client.try_publish(
+            NodeTopic::Status.for_node(&self.settings.node_id),
+            QoS::AtLeastOnce,
+            true,
+            encode(&offline),
+        );
+        let _ = self.client.try_disconnect();
+        let drained = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("control plane did not take our goodbye in time");
+        }
+    }
+}

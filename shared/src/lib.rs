@@ -1,0 +1,21 @@
+//! # wedge-shared — the protocol edge nodes and the control plane speak
+//!
+//! Everything that crosses the uplink is defined here and nowhere else, so the two sides
+//! cannot drift apart. This crate does no I/O.
+//!
+//! Layout:
+//! - [`digest`]: content addresses of module blobs (`sha256:<hex>`).
+//! - [`envelope`]: the versioned CBOR envelope, and decode errors as values.
+//! - [`messages`]: the message bodies (status, desired state, blob transfer).
+//! - [`topics`]: topic names under `wedge/v1/nodes/{node}/…`, id validation and MQTT
+//!   filter matching.
+
+pub mod digest;
+pub mod envelope;
+pub mod messages;
+#[cfg(feature = "process")]
+pub mod process;
+pub mod topics;
+
+pub use digest::Digest;
+pub use envelope::{DecodeError, MAX_MESSAGE_SIZE, PROTOCOL_VERSION, decode, encode};

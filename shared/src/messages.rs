@@ -1,0 +1,301 @@
+//! Message bodies carried in the [envelope](crate::envelope).
+//!
+//! | type | topic | direction |
+//! | --- | --- | --- |
+//! | [`StatusMessage`] | `…/status` (retained; also the MQTT last will) | node → control plane |
+//! | [`DesiredState`] | `…/desired` (retained) | control plane → node |
+//! | [`BlobRequest`] | `…/blob/req` | node → control plane |
+//! | [`BlobReply`] | `…/blob/data` | control plane → node |
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Digest;
+
+/// What a node publishes on its status topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StatusMessage {
+    /// A periodic report of what the node runs.
+    Heartbeat(Heartbeat),
+    /// The node is gone: its last will (crash, lost link) or a clean shutdown.
+    Offline(Offline),
+}
+
+/// A node's report of itself and of what it actually runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: String,
+    /// Milliseconds since the Unix epoch on the node's clock.
+    pub sent_at_ms: u64,
+    /// CPU architecture (`x86_64`, `aarch64`, …).
+    pub arch: String,
+    /// Software version of the node binary.
+    pub version: String,
+    pub labels: BTreeMap<String, String>,
+    /// Generation of the newest desired state the node has received (0: none).
+    pub desired_generation: u64,
+    /// Generation of the desired state the node has fully applied.
+    pub applied_generation: u64,
+    pub modules: Vec<ModuleStatus>,
+}
+
+/// Why a node went offline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offline {
+    pub node_id: String,
+    /// `true` for a clean shutdown, `false` when the broker published the last will.
+    pub graceful: bool,
+}
+
+/// The state of one module instance on a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleStatus {
+    /// Instance name (the deployment's name).
+    pub name: String,
+    pub digest: Digest,
+    pub state: ModuleState,
+    /// The last error, if the module ever failed.
+    pub last_error: Option<String>,
+    pub restarts: u32,
+}
+
+/// Where a module instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModuleState {
+    /// Its blob is being fetched from the control plane.
+    Fetching,
+    /// Compiling or initialising.
+    Starting,
+    /// Handling messages.
+    Running,
+    /// Trapped or refused to start; restarted with backoff.
+    Failed,
+}
+
+impl ModuleState {
+    /// The lowercase name used in the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fetching => "fetching",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What the control plane wants a node to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Increases by one every time the node's desired state changes.
+    pub generation: u64,
+    pub modules: Vec<ModuleSpec>,
+}
+
+/// One module instance a node should run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleSpec {
+    /// Instance name (the deployment's name); unique on a node.
+    pub name: String,
+    pub digest: Digest,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    /// Local MQTT topic filters whose messages the module receives.
+    pub subscriptions: Vec<String>,
+    /// The module's configuration as JSON text, passed to its `init`.
+    pub config: String,
+}
+
+/// A node asks for part of a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRequest {
+    pub digest: Digest,
+    /// First byte wanted: a node resumes where it stopped.
+    pub offset: u64,
+    /// How many chunks the control plane may send in answer (a flow-control window).
+    pub max_chunks: u32,
+}
+
+/// Size of one blob chunk: well below every MQTT packet limit we configure.
+pub const BLOB_CHUNK_SIZE: usize = 64 * 1024;
+
+/// The control plane's answer to a [`BlobRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobReply {
+    Chunk(BlobChunk),
+    /// The control plane has no blob with this digest.
+    NotFound { digest: Digest },
+}
+
+/// Bytes `offset..offset + data.len()` of a blob of `total` bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobChunk {
+    pub digest: Digest,
+    pub offset: u64,
+    pub total: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode, encode};
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+
+    fn digest() -> impl Strategy<Value = Digest> {
+        any::<[u8; 32]>().prop_map(Digest::from_bytes)
+    }
+
+    fn module_state() -> impl Strategy<Value = ModuleState> {
+        prop_oneof![
+            Just(ModuleState::Fetching),
+            Just(ModuleState::Starting),
+            Just(ModuleState::Running),
+            Just(ModuleState::Failed),
+        ]
+    }
+
+    fn module_status() -> impl Strategy<Value = ModuleStatus> {
+        (
+            ".{0,20}",
+            digest(),
+            module_state(),
+            proptest::option::of(".{0,40}"),
+            any::<u32>(),
+        )
+            .prop_map(|(name, digest, state, last_error, restarts)| ModuleStatus {
+                name,
+                digest,
+                state,
+                last_error,
+                restarts,
+            })
+    }
+
+    fn heartbeat() -> impl Strategy<Value = Heartbeat> {
+        (
+            ".{0,20}",
+            any::<u64>(),
+            ".{0,10}",
+            ".{0,10}",
+            btree_map(".{0,8}", ".{0,8}", 0..4),
+            any::<u64>(),
+            any::<u64>(),
+            vec(module_status(), 0..4),
+        )
+            .prop_map(
+                |(node_id, sent_at_ms, arch, version, labels, dg, ag, modules)| Heartbeat {
+                    node_id,
+                    sent_at_ms,
+                    arch,
+                    version,
+                    labels,
+                    desired_generation: dg,
+                    applied_generation: ag,
+                    modules,
+                },
+            )
+    }
+
+    fn status_message() -> impl Strategy<Value = StatusMessage> {
+        prop_oneof![
+            heartbeat().prop_map(StatusMessage::Heartbeat),
+            (".{0,20}", any::<bool>()).prop_map(|(node_id, graceful)| StatusMessage::Offline(
+                Offline { node_id, graceful }
+            )),
+        ]
+    }
+
+    fn module_spec() -> impl Strategy<Value = ModuleSpec> {
+        (
+            ".{0,20}",
+            digest(),
+            any::<u64>(),
+            vec(".{0,20}", 0..4),
+            ".{0,60}",
+        )
+            .prop_map(|(name, digest, size, subscriptions, config)| ModuleSpec {
+                name,
+                digest,
+                size,
+                subscriptions,
+                config,
+            })
+    }
+
+    fn desired_state() -> impl Strategy<Value = DesiredState> {
+        (any::<u64>(), vec(module_spec(), 0..4))
+            .prop_map(|(generation, modules)| DesiredState {
+                generation,
+                modules,
+            })
+    }
+
+    fn blob_request() -> impl Strategy<Value = BlobRequest> {
+        (digest(), any::<u64>(), any::<u32>()).prop_map(|(digest, offset, max_chunks)| {
+            BlobRequest {
+                digest,
+                offset,
+                max_chunks,
+            }
+        })
+    }
+
+    fn blob_reply() -> impl Strategy<Value = BlobReply> {
+        prop_oneof![
+            (digest(), any::<u64>(), any::<u64>(), vec(any::<u8>(), 0..512)).prop_map(
+                |(digest, offset, total, data)| BlobReply::Chunk(BlobChunk {
+                    digest,
+                    offset,
+                    total,
+                    data
+                })
+            ),
+            digest().prop_map(|digest| BlobReply::NotFound { digest }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn status_round_trip(m in status_message()) {
+            prop_assert_eq!(decode::<StatusMessage>(&encode(&m)), Ok(m));
+        }
+
+        #[test]
+        fn desired_round_trip(m in desired_state()) {
+            prop_assert_eq!(decode::<DesiredState>(&encode(&m)), Ok(m));
+        }
+
+        #[test]
+        fn blob_request_round_trip(m in blob_request()) {
+            prop_assert_eq!(decode::<BlobRequest>(&encode(&m)), Ok(m));
+        }
+
+        #[test]
+        fn blob_reply_round_trip(m in blob_reply()) {
+            prop_assert_eq!(decode::<BlobReply>(&encode(&m)), Ok(m));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..256)) {
+            let _ = decode::<StatusMessage>(&bytes);
+            let _ = decode::<DesiredState>(&bytes);
+            let _ = decode::<BlobReply>(&bytes);
+        }
+    }
+
+    #[test]
+    fn blob_chunk_is_compact() {
+        // Bytes travel as a CBOR byte string, not an array of integers.
+        let chunk = BlobReply::Chunk(BlobChunk {
+            digest: Digest::of(b""),
+            offset: 0,
+            total: 1000,
+            data: vec![0xff; 1000],
+        });
+        assert!(encode(&chunk).len() < 1100);
+    }
+}

@@ -1,0 +1,320 @@
+//! # wedge-tests — harness for end-to-end tests, benchmarks and the demo
+//!
+//! Starts real control planes and edge nodes in-process, each with its own embedded
+//! broker on an ephemeral port and its own store in a temporary directory, and talks to
+//! them the way users and devices do: HTTP for the API, MQTT for devices.
+//!
+//! Nothing here sleeps to synchronise: [`wait_for`] polls a condition until a deadline.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// Polls `check` every 50 ms until it yields `Some`, or fails after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A control plane running in this process.
+pub struct ControlPlane {
+    running: Option<wedge_control_plane::Running>,
+    _dir: tempfile::TempDir,
+    pub api: Api,
+    pub mqtt_addr: SocketAddr,
+}
+
+impl ControlPlane {
+    /// Starts one on ephemeral ports with a fresh store.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = wedge_control_plane::Config {
+            data_dir: dir.path().to_path_buf(),
+            api_listen: "127.0.0.1:0".parse()?,
+            mqtt_listen: "127.0.0.1:0".parse()?,
+            ..Default::default()
+        };
+        Self::start_with(config, dir).await
+    }
+
+    pub async fn start_with(
+        config: wedge_control_plane::Config,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Self> {
+        let running = wedge_control_plane::App::start(config).await?;
+        Ok(Self {
+            api: Api::new(running.api_addr()),
+            mqtt_addr: running.mqtt_addr(),
+            running: Some(running),
+            _dir: dir,
+        })
+    }
+
+    /// The URL nodes use to reach this control plane.
+    pub fn mqtt_url(&self) -> String {
+        format!("mqtt://{}", self.mqtt_addr)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+/// An edge node running in this process.
+pub struct Node {
+    pub id: String,
+    running: Option<wedge_edge_node::Running>,
+    _dir: tempfile::TempDir,
+    pub local_mqtt_addr: SocketAddr,
+}
+
+impl Node {
+    /// Starts a node connected to `cp`, with a fresh store and an ephemeral local broker.
+    pub async fn start(cp: &ControlPlane, id: &str, labels: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = wedge_edge_node::Config {
+            node_id: id.to_string(),
+            data_dir: dir.path().to_path_buf(),
+            control_plane: cp.mqtt_url(),
+            local_mqtt_listen: "127.0.0.1:0".parse()?,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            heartbeat_interval_secs: 1,
+            ..Default::default()
+        };
+        let running = wedge_edge_node::App::start(config).await?;
+        Ok(Self {
+            id: id.to_string(),
+            local_mqtt_addr: running.local_mqtt_addr(),
+            running: Some(running),
+            _dir: dir,
+        })
+    }
+
+    /// Stops the node cleanly (it says goodbye to the control plane).
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+/// A JSON client of the HTTP API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// GET `path`; returns (status, JSON body or `null`).
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Self::finish(resp).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await?;
+        Self::finish(resp).await
+    }
+
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/wasm")
+            .body(body)
+            .send()
+            .await?;
+        Self::finish(resp).await
+    }
+
+    async fn finish(resp: reqwest::Response) -> anyhow::Result<(u16, Value)> {
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, body))
+    }
+
+    /// Uploads a module built from `wasm-modules/`; returns its digest.
+    pub async fn upload_module(&self, name: &str, version: &str) -> anyhow::Result<String> {
+        let bytes = wedge_modules::bytes(name)?;
+        let (status, body) = self
+            .post_bytes(&format!("/api/v1/modules?name={name}&version={version}"), bytes)
+            .await?;
+        if status != 201 && status != 200 {
+            bail!("upload of {name} failed: {status} {body}");
+        }
+        body["digest"]
+            .as_str()
+            .map(str::to_string)
+            .context("no digest in the upload answer")
+    }
+
+    /// One node's JSON, if the control plane knows it.
+    pub async fn node(&self, id: &str) -> anyhow::Result<Option<Value>> {
+        let (status, body) = self.get(&format!("/api/v1/nodes/{id}")).await?;
+        Ok((status == 200).then_some(body))
+    }
+
+    /// Waits until node `id` has status `status`.
+    pub async fn wait_status(&self, id: &str, status: &str, deadline: Duration) -> anyhow::Result<Value> {
+        wait_for(&format!("node {id} {status}"), deadline, || async {
+            self.node(id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|n| n["status"] == status)
+        })
+        .await
+    }
+
+    /// Waits until node `id` reports module instance `name` in `state`.
+    pub async fn wait_module_state(
+        &self,
+        id: &str,
+        name: &str,
+        state: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<Value> {
+        wait_for(&format!("module {name} {state} on {id}"), deadline, || async {
+            let node = self.node(id).await.ok().flatten()?;
+            let found = node["modules"]
+                .as_array()?
+                .iter()
+                .any(|m| m["name"] == name && m["state"] == state);
+            found.then_some(node)
+        })
+        .await
+    }
+}
+
+/// A device on a node's local broker: publishes readings, receives what it subscribed to.
+pub struct Device {
+    pub client: AsyncClient,
+    messages: mpsc::Receiver<(String, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Device {
+    /// Connects to `broker` and subscribes to `filters`, returning once the broker has
+    /// acknowledged every subscription.
+    pub async fn connect(broker: SocketAddr, client_id: &str, filters: &[&str]) -> anyhow::Result<Self> {
+        let mut opts = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(opts, 256);
+        let mut net = eventloop.network_options();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
+        for f in filters {
+            client.subscribe(*f, QoS::AtMostOnce).await?;
+        }
+        let (tx, rx) = mpsc::channel(4096);
+        let (ready_tx, mut ready_rx) = mpsc::channel(1);
+        let want = filters.len();
+        let task = tokio::spawn(drive(eventloop, tx, ready_tx, want));
+        tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+            .await
+            .context("no SUBACK from the local broker within 10 s")?
+            .context("device event loop ended before SUBACK")?;
+        Ok(Self {
+            client,
+            messages: rx,
+            task,
+        })
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.to_vec())
+            .await?;
+        Ok(())
+    }
+
+    /// The next message received, within `deadline`.
+    pub async fn recv(&mut self, deadline: Duration) -> anyhow::Result<(String, Vec<u8>)> {
+        tokio::time::timeout(deadline, self.messages.recv())
+            .await
+            .context("no message within the deadline")?
+            .context("device connection ended")
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    tx: mpsc::Sender<(String, Vec<u8>)>,
+    ready: mpsc::Sender<()>,
+    mut subacks_wanted: usize,
+) {
+    if subacks_wanted == 0 {
+        let _ = ready.try_send(());
+    }
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                subacks_wanted = subacks_wanted.saturating_sub(1);
+                if subacks_wanted == 0 {
+                    let _ = ready.try_send(());
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(_))) if subacks_wanted == 0 => {
+                let _ = ready.try_send(());
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send((p.topic.clone(), p.payload.to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "device connection error; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

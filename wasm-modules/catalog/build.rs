@@ -1,0 +1,78 @@
+//! Builds every guest module in `wasm-modules/` for `wasm32-wasip2` with the workspace's
+//! `wasm-module` profile, so `cargo build`/`cargo test` always run the modules built from the
+//! source next to them (no prebuilt `.wasm` is checked in).
+//!
+//! The nested cargo uses its own target directory: the outer build holds the lock on the
+//! main one.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Guest crates to build; each becomes `<name with _>.wasm`.
+const MODULES: &[&str] = &["threshold-alert"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let modules_dir = manifest_dir
+        .parent()
+        .expect("catalog lives in wasm-modules/")
+        .to_path_buf();
+    let workspace = modules_dir.parent().expect("wasm-modules/ lives in the workspace");
+    let target_dir = env::var_os("WEDGE_WASM_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target").join("wasm-modules"));
+
+    println!("cargo:rerun-if-env-changed=WEDGE_WASM_TARGET_DIR");
+    println!("cargo:rerun-if-changed={}", modules_dir.join("wit").display());
+    for m in MODULES {
+        println!("cargo:rerun-if-changed={}", modules_dir.join(m).join("src").display());
+        println!("cargo:rerun-if-changed={}", modules_dir.join(m).join("Cargo.toml").display());
+    }
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--profile", "wasm-module", "--target", "wasm32-wasip2"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for m in MODULES {
+        cmd.args(["-p", m]);
+    }
+    // Do not leak the outer build's settings (clippy's wrapper, host rustflags, coverage
+    // instrumentation) into the guest build.
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("failed to run cargo for the guest modules");
+    if !status.success() {
+        panic!(
+            "building the guest modules failed; is the target installed? \
+             run `rustup target add wasm32-wasip2`"
+        );
+    }
+
+    let out_dir = target_dir.join("wasm32-wasip2").join("wasm-module");
+    let mut index = String::new();
+    for m in MODULES {
+        let file = out_dir.join(format!("{}.wasm", m.replace('-', "_")));
+        assert!(file.exists(), "{} was not built", file.display());
+        index.push_str(&format!("    ({m:?}, {:?}),\n", file.display().to_string()));
+    }
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("modules.rs");
+    std::fs::write(
+        out,
+        format!("/// (name, path) of every built module.\npub const MODULES: &[(&str, &str)] = &[\n{index}];\n"),
+    )
+    .expect("write modules.rs");
+}
