@@ -68,7 +68,11 @@ impl App {
             &format!("wedge-control-{}", std::process::id()),
             config.mqtt_max_payload,
         );
-        let reconciler = Arc::new(Reconciler::new(store.clone(), fleet.clone(), publisher.clone()));
+        let reconciler = Arc::new(Reconciler::new(
+            store.clone(),
+            fleet.clone(),
+            publisher.clone(),
+        ));
         let counters = Arc::new(Counters::default());
 
         let listener = tokio::net::TcpListener::bind(config.api_listen)
@@ -87,7 +91,11 @@ impl App {
             counters,
         };
         tracker.spawn(session.run(ctx, shutdown.clone()));
-        tracker.spawn(sweep(fleet.clone(), config.heartbeat_timeout(), shutdown.clone()));
+        tracker.spawn(sweep(
+            fleet.clone(),
+            config.heartbeat_timeout(),
+            shutdown.clone(),
+        ));
 
         let app = api::router(AppState {
             store: store.clone(),
@@ -157,7 +165,10 @@ impl Running {
     }
 
     async fn drain(self) {
-        if tokio::time::timeout(GRACE, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?GRACE, "shutdown grace period ran out");
         }
         if let Err(e) = self.store.flush() {

@@ -198,7 +198,12 @@ mod tests {
                 labels_changed: false
             }
         );
-        assert!(fleet.heartbeat(hb("n1", "b"), true, 3_000).unwrap().labels_changed);
+        assert!(
+            fleet
+                .heartbeat(hb("n1", "b"), true, 3_000)
+                .unwrap()
+                .labels_changed
+        );
 
         assert!(fleet.sweep(10_000, 15_000).unwrap().is_empty());
         assert_eq!(fleet.sweep(20_000, 15_000).unwrap(), ["n1"]);

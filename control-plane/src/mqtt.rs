@@ -139,7 +139,9 @@ impl Session {
                     // Subscribing from this task could wait on the queue this loop drains.
                     tokio::spawn(async move {
                         for filter in [NodeTopic::Status, NodeTopic::BlobRequest] {
-                            if let Err(e) = client.subscribe(filter.all_nodes(), QoS::AtLeastOnce).await {
+                            if let Err(e) =
+                                client.subscribe(filter.all_nodes(), QoS::AtLeastOnce).await
+                            {
                                 tracing::warn!(error = %e, "subscribe failed");
                             }
                         }
@@ -217,7 +219,11 @@ async fn on_status(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
     };
     if *claimed != msg.node {
         ctx.counters.impersonation.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(topic_node = msg.node, claimed, "status for another node refused");
+        tracing::warn!(
+            topic_node = msg.node,
+            claimed,
+            "status for another node refused"
+        );
         return Ok(());
     }
     match status {
@@ -237,7 +243,11 @@ async fn on_status(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
             }
         }
         StatusMessage::Offline(o) => {
-            let reason = if o.graceful { "shut down" } else { "connection lost (last will)" };
+            let reason = if o.graceful {
+                "shut down"
+            } else {
+                "connection lost (last will)"
+            };
             ctx.fleet.offline(&msg.node, reason, now_ms())?;
         }
     }

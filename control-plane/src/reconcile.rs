@@ -88,7 +88,12 @@ impl Reconciler {
         let current = self.store.desired(id)?;
         if let Some(next) = desired::next(current.as_ref(), modules) {
             self.store.put_desired(id, &next)?;
-            tracing::info!(node = id, generation = next.generation, modules = next.modules.len(), "desired state changed");
+            tracing::info!(
+                node = id,
+                generation = next.generation,
+                modules = next.modules.len(),
+                "desired state changed"
+            );
             self.send(id, &next).await?;
         }
         Ok(())
@@ -105,15 +110,17 @@ impl Reconciler {
         }
         {
             let mut last = self.last_sent.lock().unwrap_or_else(|p| p.into_inner());
-            if last
-                .get(id)
-                .is_some_and(|t| t.elapsed() < RESEND_INTERVAL)
-            {
+            if last.get(id).is_some_and(|t| t.elapsed() < RESEND_INTERVAL) {
                 return Ok(());
             }
             last.insert(id.to_string(), Instant::now());
         }
-        tracing::debug!(node = id, reported_generation, generation = current.generation, "re-sending desired state");
+        tracing::debug!(
+            node = id,
+            reported_generation,
+            generation = current.generation,
+            "re-sending desired state"
+        );
         self.send(id, &current).await
     }
 

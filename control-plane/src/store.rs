@@ -174,12 +174,10 @@ impl Store {
     /// Stores a module and its blob. The blob is written first: a record never points at
     /// a missing blob.
     pub fn put_module(&self, record: &ModuleRecord, blob: &[u8]) -> Result<()> {
-        self.db.open_tree(BLOBS)?.insert(record.digest.hex(), blob)?;
-        self.put(
-            MODULES,
-            &module_key(&record.name, &record.version),
-            record,
-        )?;
+        self.db
+            .open_tree(BLOBS)?
+            .insert(record.digest.hex(), blob)?;
+        self.put(MODULES, &module_key(&record.name, &record.version), record)?;
         self.db.flush()?;
         Ok(())
     }
@@ -190,10 +188,7 @@ impl Store {
 
     /// A module record with this digest (the first by name, if several share it).
     pub fn module_by_digest(&self, digest: &Digest) -> Result<Option<ModuleRecord>> {
-        Ok(self
-            .modules()?
-            .into_iter()
-            .find(|m| m.digest == *digest))
+        Ok(self.modules()?.into_iter().find(|m| m.digest == *digest))
     }
 
     pub fn modules(&self) -> Result<Vec<ModuleRecord>> {

@@ -16,7 +16,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wedge_broker::LocalPublisher;
 use wedge_shared::Digest;
-use wedge_shared::messages::{BlobReply, DesiredState, Heartbeat, ModuleSpec, ModuleState, ModuleStatus};
+use wedge_shared::messages::{
+    BlobReply, DesiredState, Heartbeat, ModuleSpec, ModuleState, ModuleStatus,
+};
 
 use crate::config::ModuleLimits;
 use crate::router::{Route, RouteTable};
@@ -82,7 +84,11 @@ impl Agent {
     pub async fn boot(&mut self) {
         match self.store.desired() {
             Ok(Some(state)) => {
-                tracing::info!(generation = state.generation, modules = state.modules.len(), "running the saved desired state");
+                tracing::info!(
+                    generation = state.generation,
+                    modules = state.modules.len(),
+                    "running the saved desired state"
+                );
                 self.desired = Some(state);
                 self.converge().await;
             }
@@ -134,7 +140,11 @@ impl Agent {
                         tracing::info!(%digest, size = bytes.len(), "module blob fetched and verified");
                         if let Err(e) = self.store.put_blob(&digest, &bytes) {
                             tracing::error!(%digest, error = %e, "cannot store module blob");
-                            self.mark_waiting_digest(&digest, ModuleState::Failed, Some(format!("cannot store blob: {e}")));
+                            self.mark_waiting_digest(
+                                &digest,
+                                ModuleState::Failed,
+                                Some(format!("cannot store blob: {e}")),
+                            );
                             return;
                         }
                         self.converge().await;
@@ -147,7 +157,11 @@ impl Agent {
             }
             Inbound::Blob(BlobReply::NotFound { digest }) => {
                 tracing::warn!(%digest, "the control plane has no such blob");
-                self.mark_waiting_digest(&digest, ModuleState::Fetching, Some("the control plane has no blob with this digest".into()));
+                self.mark_waiting_digest(
+                    &digest,
+                    ModuleState::Fetching,
+                    Some("the control plane has no blob with this digest".into()),
+                );
             }
         }
     }
@@ -157,7 +171,11 @@ impl Agent {
             self.report();
             return;
         }
-        tracing::info!(generation = state.generation, modules = state.modules.len(), "new desired state");
+        tracing::info!(
+            generation = state.generation,
+            modules = state.modules.len(),
+            "new desired state"
+        );
         if let Err(e) = self.store.put_desired(&state) {
             // Still act on it: running it now beats not running it; only a reboot
             // without the control plane would miss it.
@@ -220,7 +238,11 @@ impl Agent {
         self.update_routes(&desired);
         self.stop(retired).await;
 
-        if !self.waiting.values().any(|s| s.state == ModuleState::Fetching) {
+        if !self
+            .waiting
+            .values()
+            .any(|s| s.state == ModuleState::Fetching)
+        {
             self.applied_generation = desired.generation;
             if let Err(e) = self.store.retain_blobs(&wanted) {
                 tracing::warn!(error = %e, "cannot remove unused blobs");

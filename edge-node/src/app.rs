@@ -49,10 +49,11 @@ impl App {
 
         let broker_cfg = wedge_broker::Config::new(config.local_mqtt_listen);
         let link_id = format!("wedge-node-{}", config.node_id);
-        let (broker, publisher, receiver) =
-            tokio::task::spawn_blocking(move || EmbeddedBroker::start_with_link(&broker_cfg, &link_id))
-                .await?
-                .context("cannot start the local MQTT broker")?;
+        let (broker, publisher, receiver) = tokio::task::spawn_blocking(move || {
+            EmbeddedBroker::start_with_link(&broker_cfg, &link_id)
+        })
+        .await?
+        .context("cannot start the local MQTT broker")?;
         publisher
             .subscribe("#")
             .context("cannot subscribe to the local broker")?;
@@ -130,7 +131,10 @@ impl Running {
     }
 
     async fn drain(self) {
-        if tokio::time::timeout(GRACE, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?GRACE, "shutdown grace period ran out");
         }
         tracing::info!("edge node stopped");

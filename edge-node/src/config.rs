@@ -157,7 +157,10 @@ mod tests {
             parse_mqtt_url("mqtt://cp.local:1884").unwrap(),
             ("cp.local".into(), 1884)
         );
-        assert_eq!(parse_mqtt_url("10.0.0.1").unwrap(), ("10.0.0.1".into(), 1883));
+        assert_eq!(
+            parse_mqtt_url("10.0.0.1").unwrap(),
+            ("10.0.0.1".into(), 1883)
+        );
         assert_eq!(parse_mqtt_url("mqtt://[::1]:9").unwrap(), ("::1".into(), 9));
         assert!(parse_mqtt_url("http://x:1").is_err());
         assert!(parse_mqtt_url("mqtt://x:notaport").is_err());

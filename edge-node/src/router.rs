@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use wedge_broker::LocalReceiver;
 use wedge_shared::topics::matches;
 
-use crate::runtime::instance::Inbox;
 use crate::runtime::Message;
+use crate::runtime::instance::Inbox;
 
 /// One module's subscriptions and where its messages go.
 #[derive(Debug, Clone)]

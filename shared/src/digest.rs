@@ -85,7 +85,10 @@ mod tests {
             Err(ParseDigestError::MissingPrefix)
         );
         assert_eq!("sha256:zz".parse::<Digest>(), Err(ParseDigestError::BadHex));
-        assert_eq!("sha256:abcd".parse::<Digest>(), Err(ParseDigestError::BadHex));
+        assert_eq!(
+            "sha256:abcd".parse::<Digest>(),
+            Err(ParseDigestError::BadHex)
+        );
     }
 
     proptest! {

@@ -42,8 +42,14 @@ pub fn encode<T: Serialize>(body: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     // Writing into a Vec cannot fail, and our message types serialize infallibly
     // (no maps with non-string keys, no custom serializers that error).
-    ciborium::into_writer(&EnvelopeRef { v: PROTOCOL_VERSION, body }, &mut out)
-        .expect("CBOR encoding into a Vec is infallible for wire types");
+    ciborium::into_writer(
+        &EnvelopeRef {
+            v: PROTOCOL_VERSION,
+            body,
+        },
+        &mut out,
+    )
+    .expect("CBOR encoding into a Vec is infallible for wire types");
     out
 }
 
@@ -74,8 +80,8 @@ fn short_type_name<T>() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::BlobRequest;
     use crate::Digest;
+    use crate::messages::BlobRequest;
 
     #[test]
     fn rejects_garbage() {
@@ -105,7 +111,13 @@ mod tests {
         let bytes = encode(&"not a blob request");
         let err = decode::<BlobRequest>(&bytes).unwrap_err();
         assert!(
-            matches!(err, DecodeError::BadBody { kind: "BlobRequest", .. }),
+            matches!(
+                err,
+                DecodeError::BadBody {
+                    kind: "BlobRequest",
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }

@@ -125,7 +125,9 @@ pub const BLOB_CHUNK_SIZE: usize = 64 * 1024;
 pub enum BlobReply {
     Chunk(BlobChunk),
     /// The control plane has no blob with this digest.
-    NotFound { digest: Digest },
+    NotFound {
+        digest: Digest,
+    },
 }
 
 /// Bytes `offset..offset + data.len()` of a blob of `total` bytes.
@@ -227,11 +229,10 @@ mod tests {
     }
 
     fn desired_state() -> impl Strategy<Value = DesiredState> {
-        (any::<u64>(), vec(module_spec(), 0..4))
-            .prop_map(|(generation, modules)| DesiredState {
-                generation,
-                modules,
-            })
+        (any::<u64>(), vec(module_spec(), 0..4)).prop_map(|(generation, modules)| DesiredState {
+            generation,
+            modules,
+        })
     }
 
     fn blob_request() -> impl Strategy<Value = BlobRequest> {
@@ -246,14 +247,20 @@ mod tests {
 
     fn blob_reply() -> impl Strategy<Value = BlobReply> {
         prop_oneof![
-            (digest(), any::<u64>(), any::<u64>(), vec(any::<u8>(), 0..512)).prop_map(
-                |(digest, offset, total, data)| BlobReply::Chunk(BlobChunk {
-                    digest,
-                    offset,
-                    total,
-                    data
-                })
-            ),
+            (
+                digest(),
+                any::<u64>(),
+                any::<u64>(),
+                vec(any::<u8>(), 0..512)
+            )
+                .prop_map(|(digest, offset, total, data)| BlobReply::Chunk(
+                    BlobChunk {
+                        digest,
+                        offset,
+                        total,
+                        data
+                    }
+                )),
             digest().prop_map(|digest| BlobReply::NotFound { digest }),
         ]
     }

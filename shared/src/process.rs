@@ -2,11 +2,15 @@
 //! signals. Not part of the protocol; kept here so the two `main`s do not repeat it.
 
 /// Installs the tracing subscriber: human text, or JSON lines. The level comes from
-/// `RUST_LOG` (default `info`).
+/// `RUST_LOG` (default `info`, rumqttd at `warn`); colours only on a terminal.
 pub fn init(format: &str) {
+    // rumqttd logs every accepted connection at info; that is noise at fleet scale.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if format == "json" {
         builder.json().init();
     } else {

@@ -16,6 +16,8 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+pub mod demo;
+
 /// Polls `check` every 50 ms until it yields `Some`, or fails after `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
 where
@@ -90,13 +92,27 @@ pub struct Node {
 
 impl Node {
     /// Starts a node connected to `cp`, with a fresh store and an ephemeral local broker.
-    pub async fn start(cp: &ControlPlane, id: &str, labels: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub async fn start(
+        cp: &ControlPlane,
+        id: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_with_listen(cp, id, labels, "127.0.0.1:0".parse()?).await
+    }
+
+    /// Like [`Node::start`], with the local broker on `listen`.
+    pub async fn start_with_listen(
+        cp: &ControlPlane,
+        id: &str,
+        labels: &[(&str, &str)],
+        listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let config = wedge_edge_node::Config {
             node_id: id.to_string(),
             data_dir: dir.path().to_path_buf(),
             control_plane: cp.mqtt_url(),
-            local_mqtt_listen: "127.0.0.1:0".parse()?,
+            local_mqtt_listen: listen,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -178,7 +194,10 @@ impl Api {
     pub async fn upload_module(&self, name: &str, version: &str) -> anyhow::Result<String> {
         let bytes = wedge_modules::bytes(name)?;
         let (status, body) = self
-            .post_bytes(&format!("/api/v1/modules?name={name}&version={version}"), bytes)
+            .post_bytes(
+                &format!("/api/v1/modules?name={name}&version={version}"),
+                bytes,
+            )
             .await?;
         if status != 201 && status != 200 {
             bail!("upload of {name} failed: {status} {body}");
@@ -196,7 +215,12 @@ impl Api {
     }
 
     /// Waits until node `id` has status `status`.
-    pub async fn wait_status(&self, id: &str, status: &str, deadline: Duration) -> anyhow::Result<Value> {
+    pub async fn wait_status(
+        &self,
+        id: &str,
+        status: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<Value> {
         wait_for(&format!("node {id} {status}"), deadline, || async {
             self.node(id)
                 .await
@@ -215,14 +239,18 @@ impl Api {
         state: &str,
         deadline: Duration,
     ) -> anyhow::Result<Value> {
-        wait_for(&format!("module {name} {state} on {id}"), deadline, || async {
-            let node = self.node(id).await.ok().flatten()?;
-            let found = node["modules"]
-                .as_array()?
-                .iter()
-                .any(|m| m["name"] == name && m["state"] == state);
-            found.then_some(node)
-        })
+        wait_for(
+            &format!("module {name} {state} on {id}"),
+            deadline,
+            || async {
+                let node = self.node(id).await.ok().flatten()?;
+                let found = node["modules"]
+                    .as_array()?
+                    .iter()
+                    .any(|m| m["name"] == name && m["state"] == state);
+                found.then_some(node)
+            },
+        )
         .await
     }
 }
@@ -237,7 +265,11 @@ pub struct Device {
 impl Device {
     /// Connects to `broker` and subscribes to `filters`, returning once the broker has
     /// acknowledged every subscription.
-    pub async fn connect(broker: SocketAddr, client_id: &str, filters: &[&str]) -> anyhow::Result<Self> {
+    pub async fn connect(
+        broker: SocketAddr,
+        client_id: &str,
+        filters: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut opts = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
@@ -306,7 +338,11 @@ async fn drive(
                 let _ = ready.try_send(());
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send((p.topic.clone(), p.payload.to_vec())).await.is_err() {
+                if tx
+                    .send((p.topic.clone(), p.payload.to_vec()))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -17,7 +17,10 @@ async fn threshold_alert_end_to_end() -> anyhow::Result<()> {
     cp.api.wait_status("edge-2", "online", DEADLINE).await?;
 
     let digest = cp.api.upload_module("threshold-alert", "0.1.0").await?;
-    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
     let (status, modules) = cp.api.get("/api/v1/modules").await?;
     assert_eq!(status, 200);
     assert_eq!(modules[0]["name"], "threshold-alert");
@@ -81,7 +84,13 @@ async fn threshold_alert_end_to_end() -> anyhow::Result<()> {
         assert_eq!(n["arch"], std::env::consts::ARCH);
         assert!(n["last_seen"].is_string());
     }
-    let by_id = |id: &str| nodes.iter().find(|n| n["id"] == id).cloned().expect("node listed");
+    let by_id = |id: &str| {
+        nodes
+            .iter()
+            .find(|n| n["id"] == id)
+            .cloned()
+            .expect("node listed")
+    };
     let e1 = by_id("edge-1");
     assert_eq!(e1["labels"], json!({"site": "lab"}));
     assert_eq!(e1["modules"].as_array().map(Vec::len), Some(1));
@@ -111,22 +120,41 @@ async fn api_refuses_bad_input_clearly() -> anyhow::Result<()> {
 
     // Not a component.
     let (status, body) = api
-        .post_bytes("/api/v1/modules?name=m&version=1", b"definitely not wasm".to_vec())
+        .post_bytes(
+            "/api/v1/modules?name=m&version=1",
+            b"definitely not wasm".to_vec(),
+        )
         .await?;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "bad_request");
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("component"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("component"),
+        "{body}"
+    );
 
     // A core module is not a component either.
     let core = b"\0asm\x01\0\0\0".to_vec();
-    let (status, body) = api.post_bytes("/api/v1/modules?name=m&version=1", core).await?;
+    let (status, body) = api
+        .post_bytes("/api/v1/modules?name=m&version=1", core)
+        .await?;
     assert_eq!(status, 400);
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("core"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("core"),
+        "{body}"
+    );
 
     // Missing query parameters, bad names.
     let (status, _) = api.post_bytes("/api/v1/modules", vec![1]).await?;
     assert_eq!(status, 400);
-    let (status, _) = api.post_bytes("/api/v1/modules?name=a/b&version=1", vec![1]).await?;
+    let (status, _) = api
+        .post_bytes("/api/v1/modules?name=a/b&version=1", vec![1])
+        .await?;
     assert_eq!(status, 400);
 
     // Same name and version, different bytes: conflict; same bytes: idempotent.
@@ -139,8 +167,14 @@ async fn api_refuses_bad_input_clearly() -> anyhow::Result<()> {
         .await?;
     assert_eq!(status, 400, "{body}");
     for (bad, why) in [
-        (json!({"name": "d", "module": "nope@1", "nodes": ["n"]}), "no module"),
-        (json!({"name": "d", "module": "sha256:00", "nodes": ["n"]}), "digest"),
+        (
+            json!({"name": "d", "module": "nope@1", "nodes": ["n"]}),
+            "no module",
+        ),
+        (
+            json!({"name": "d", "module": "sha256:00", "nodes": ["n"]}),
+            "digest",
+        ),
         (json!({"name": "d", "module": "threshold-alert@1"}), "nodes"),
         (
             json!({"name": "d", "module": "threshold-alert@1", "nodes": ["n"], "selector": {"labels": {}}}),
@@ -150,13 +184,22 @@ async fn api_refuses_bad_input_clearly() -> anyhow::Result<()> {
             json!({"name": "d", "module": "threshold-alert@1", "nodes": ["n"], "subscriptions": ["a/#/b"]}),
             "subscription",
         ),
-        (json!({"name": "bad name", "module": "threshold-alert@1", "nodes": ["n"]}), "name"),
-        (json!({"name": "d", "module": "threshold-alert@1", "nodes": ["n"], "extra": 1}), "extra"),
+        (
+            json!({"name": "bad name", "module": "threshold-alert@1", "nodes": ["n"]}),
+            "name",
+        ),
+        (
+            json!({"name": "d", "module": "threshold-alert@1", "nodes": ["n"], "extra": 1}),
+            "extra",
+        ),
     ] {
         let (status, body) = api.post_json("/api/v1/deployments", &bad).await?;
         assert_eq!(status, 400, "{bad} → {body}");
         let msg = body["error"]["message"].as_str().unwrap_or("");
-        assert!(msg.contains(why), "{bad}: message {msg:?} should mention {why:?}");
+        assert!(
+            msg.contains(why),
+            "{bad}: message {msg:?} should mention {why:?}"
+        );
     }
 
     // Unknown node and route.
@@ -217,5 +260,32 @@ async fn node_runs_saved_modules_without_the_control_plane() -> anyhow::Result<(
     let v: Value = serde_json::from_slice(&payload)?;
     assert_eq!(v["value"], 5.0);
     node.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_alerts() -> anyhow::Result<()> {
+    let (alerts, mut seen) = tokio::sync::mpsc::channel(16);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let any = "127.0.0.1:0".parse()?;
+    let demo = tokio::spawn(wedge_tests::demo::run(
+        wedge_tests::demo::Options {
+            api_listen: any,
+            control_mqtt_listen: any,
+            node_mqtt_listen: any,
+            interval: Duration::from_millis(20),
+        },
+        alerts,
+        stop.clone(),
+    ));
+    for _ in 0..2 {
+        let alert = tokio::time::timeout(DEADLINE, seen.recv())
+            .await?
+            .expect("the demo is running");
+        assert!(alert["value"].as_f64().unwrap_or(0.0) > 50.0, "{alert}");
+        assert_eq!(alert["topic"], "sensors/room-1/temperature");
+    }
+    stop.cancel();
+    demo.await??;
     Ok(())
 }

@@ -18,22 +18,39 @@ fn main() {
         .parent()
         .expect("catalog lives in wasm-modules/")
         .to_path_buf();
-    let workspace = modules_dir.parent().expect("wasm-modules/ lives in the workspace");
+    let workspace = modules_dir
+        .parent()
+        .expect("wasm-modules/ lives in the workspace");
     let target_dir = env::var_os("WEDGE_WASM_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target").join("wasm-modules"));
 
     println!("cargo:rerun-if-env-changed=WEDGE_WASM_TARGET_DIR");
-    println!("cargo:rerun-if-changed={}", modules_dir.join("wit").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        modules_dir.join("wit").display()
+    );
     for m in MODULES {
-        println!("cargo:rerun-if-changed={}", modules_dir.join(m).join("src").display());
-        println!("cargo:rerun-if-changed={}", modules_dir.join(m).join("Cargo.toml").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            modules_dir.join(m).join("src").display()
+        );
+        println!(
+            "cargo:rerun-if-changed={}",
+            modules_dir.join(m).join("Cargo.toml").display()
+        );
     }
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--profile", "wasm-module", "--target", "wasm32-wasip2"])
+        .args([
+            "build",
+            "--profile",
+            "wasm-module",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .arg("--target-dir")
         .arg(&target_dir);
     for m in MODULES {
@@ -54,7 +71,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("failed to run cargo for the guest modules");
+    let status = cmd
+        .status()
+        .expect("failed to run cargo for the guest modules");
     if !status.success() {
         panic!(
             "building the guest modules failed; is the target installed? \

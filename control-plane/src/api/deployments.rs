@@ -119,10 +119,9 @@ fn resolve_module(state: &AppState, reference: &str) -> Result<ModuleRecord, Api
             "module must be \"sha256:<hex>\" or \"name@version\"",
         ));
     };
-    state
-        .store
-        .module(name, version)?
-        .ok_or_else(|| ApiError::bad_request(format!("no module {name}@{version}; upload it first")))
+    state.store.module(name, version)?.ok_or_else(|| {
+        ApiError::bad_request(format!("no module {name}@{version}; upload it first"))
+    })
 }
 
 fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
@@ -140,7 +139,8 @@ fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
         )),
         (Some(nodes), None) => {
             for id in nodes {
-                validate_id(id).map_err(|e| ApiError::bad_request(format!("node id {id:?} {e}")))?;
+                validate_id(id)
+                    .map_err(|e| ApiError::bad_request(format!("node id {id:?} {e}")))?;
             }
             Ok(Target::Nodes(nodes.clone()))
         }

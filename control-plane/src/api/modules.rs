@@ -108,9 +108,11 @@ pub fn validate_component(bytes: &[u8]) -> Result<(), String> {
     }
     if !wasmparser::Parser::is_component(bytes) {
         if wasmparser::Parser::is_core_wasm(bytes) {
-            return Err("this is a core WebAssembly module, not a component; build for \
+            return Err(
+                "this is a core WebAssembly module, not a component; build for \
                         wasm32-wasip2 or wrap it with `wasm-tools component new`"
-                .into());
+                    .into(),
+            );
         }
         return Err("the body is not a WebAssembly component".into());
     }

@@ -69,11 +69,15 @@ impl WasiView for HostState {
 impl Host for HostState {
     fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
         if let Err(e) = validate_topic(&topic) {
-            self.counters.publish_refused.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .publish_refused
+                .fetch_add(1, Ordering::Relaxed);
             return Err(format!("topic {topic:?}: {e}"));
         }
         if RESERVED_PREFIXES.iter().any(|p| topic.starts_with(p)) {
-            self.counters.publish_refused.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .publish_refused
+                .fetch_add(1, Ordering::Relaxed);
             return Err(format!("topic {topic:?} is reserved for the node"));
         }
         self.publisher

@@ -258,14 +258,12 @@ impl Supervisor {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks());
 
-        let module = match bindings::Module::instantiate(
-            &mut store,
-            &self.component,
-            self.runtime.linker(),
-        ) {
-            Ok(m) => m,
-            Err(e) => return End::Failed(format!("instantiation failed: {e:#}")),
-        };
+        let module =
+            match bindings::Module::instantiate(&mut store, &self.component, self.runtime.linker())
+            {
+                Ok(m) => m,
+                Err(e) => return End::Failed(format!("instantiation failed: {e:#}")),
+            };
         store.set_epoch_deadline(self.deadline_ticks());
         match module.call_init(&mut store, &self.config.config) {
             Ok(Ok(())) => {}
@@ -290,8 +288,14 @@ impl Supervisor {
                 }
                 Ok(Err(error)) => {
                     let n = self.counters.guest_errors.fetch_add(1, Ordering::Relaxed);
-                    if n % 100 == 0 {
-                        tracing::warn!(module = self.config.name, topic = msg.topic, error, errors = n + 1, "module returned an error");
+                    if n.is_multiple_of(100) {
+                        tracing::warn!(
+                            module = self.config.name,
+                            topic = msg.topic,
+                            error,
+                            errors = n + 1,
+                            "module returned an error"
+                        );
                     }
                 }
                 Err(trap) => {

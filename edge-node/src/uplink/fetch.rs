@@ -95,7 +95,8 @@ impl Fetcher {
             return Progress::Ignored;
         }
         let digest = chunk.digest;
-        if chunk.total != fetch.size || fetch.buf.len() as u64 + chunk.data.len() as u64 > fetch.size
+        if chunk.total != fetch.size
+            || fetch.buf.len() as u64 + chunk.data.len() as u64 > fetch.size
         {
             let reason = format!(
                 "control plane sent a blob of {} bytes, desired state says {}",
@@ -175,13 +176,19 @@ mod tests {
         let mut f = Fetcher::default();
         let first = f.want(d, blob.len() as u64, now).unwrap();
         assert_eq!(first.offset, 0);
-        assert_eq!(f.want(d, blob.len() as u64, now), None, "no duplicate fetch");
+        assert_eq!(
+            f.want(d, blob.len() as u64, now),
+            None,
+            "no duplicate fetch"
+        );
         let all = chunks(&blob, d, 0);
         let mut outcomes = Vec::new();
         for c in all {
             outcomes.push(f.on_chunk(c, now));
         }
-        assert!(matches!(outcomes[WINDOW as usize - 1], Progress::More(BlobRequest { offset, .. }) if offset == (WINDOW as usize * BLOB_CHUNK_SIZE) as u64));
+        assert!(
+            matches!(outcomes[WINDOW as usize - 1], Progress::More(BlobRequest { offset, .. }) if offset == (WINDOW as usize * BLOB_CHUNK_SIZE) as u64)
+        );
         assert_eq!(outcomes.last(), Some(&Progress::Complete(d, blob.clone())));
         assert!(!f.is_fetching(&d));
     }
@@ -204,7 +211,10 @@ mod tests {
         assert!(f.stalled(t0 + Duration::from_secs(1)).is_empty());
         let again = f.stalled(t0 + STALL);
         assert_eq!(again.len(), 1);
-        assert_eq!(again[0].offset, BLOB_CHUNK_SIZE as u64, "resumes, not restarts");
+        assert_eq!(
+            again[0].offset, BLOB_CHUNK_SIZE as u64,
+            "resumes, not restarts"
+        );
         assert_eq!(f.on_chunk(cs[1].clone(), t0), Progress::Complete(d, blob));
     }
 

@@ -22,7 +22,9 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wedge_shared::messages::{BlobReply, BlobRequest, DesiredState, Heartbeat, Offline, StatusMessage};
+use wedge_shared::messages::{
+    BlobReply, BlobRequest, DesiredState, Heartbeat, Offline, StatusMessage,
+};
 use wedge_shared::topics::{self, NodeTopic};
 use wedge_shared::{MAX_MESSAGE_SIZE, decode, encode};
 
@@ -56,10 +58,17 @@ impl UplinkClient {
     fn send(&self, kind: NodeTopic, retain: bool, payload: Vec<u8>) -> bool {
         let ok = self
             .client
-            .try_publish(kind.for_node(&self.node_id), QoS::AtLeastOnce, retain, payload)
+            .try_publish(
+                kind.for_node(&self.node_id),
+                QoS::AtLeastOnce,
+                retain,
+                payload,
+            )
             .is_ok();
         if !ok {
-            self.counters.skipped_outbound.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .skipped_outbound
+                .fetch_add(1, Ordering::Relaxed);
         }
         ok
     }
@@ -170,13 +179,20 @@ impl Session {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     backoff = Duration::from_millis(100);
-                    tracing::info!(host = self.settings.host, port = self.settings.port, "connected to the control plane");
+                    tracing::info!(
+                        host = self.settings.host,
+                        port = self.settings.port,
+                        "connected to the control plane"
+                    );
                     let client = self.client.clone();
                     let node = node.clone();
                     // Subscribing from this task could wait on the queue this loop drains.
                     tokio::spawn(async move {
                         for kind in [NodeTopic::Desired, NodeTopic::BlobData] {
-                            if let Err(e) = client.subscribe(kind.for_node(&node), QoS::AtLeastOnce).await {
+                            if let Err(e) = client
+                                .subscribe(kind.for_node(&node), QoS::AtLeastOnce)
+                                .await
+                            {
                                 tracing::warn!(error = %e, "subscribe failed");
                             }
                         }
@@ -191,7 +207,9 @@ impl Session {
                         continue;
                     }
                     let inbound = match kind {
-                        NodeTopic::Desired => decode::<DesiredState>(&p.payload).map(Inbound::Desired),
+                        NodeTopic::Desired => {
+                            decode::<DesiredState>(&p.payload).map(Inbound::Desired)
+                        }
                         NodeTopic::BlobData => decode::<BlobReply>(&p.payload).map(Inbound::Blob),
                         NodeTopic::Status | NodeTopic::BlobRequest => continue,
                     };
@@ -226,7 +244,9 @@ impl Session {
 
     fn forward(&self, agent: &mpsc::Sender<Inbound>, msg: Inbound) {
         if agent.try_send(msg).is_err() {
-            self.counters.dropped_inbound.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .dropped_inbound
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!("agent queue full; inbound message dropped");
         }
     }

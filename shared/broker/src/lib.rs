@@ -135,7 +135,7 @@ impl EmbeddedBroker {
             addr
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect_timeout(&connect_to, Duration::from_millis(200)).is_err() {
+        while !mqtt_handshake(connect_to) {
             if Instant::now() > deadline {
                 return Err(Error::NotReady(addr));
             }
@@ -148,6 +148,29 @@ impl EmbeddedBroker {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
+}
+
+/// Whether an MQTT broker at `addr` answers CONNECT with an accepting CONNACK. A bare TCP
+/// connect would do to see the port open, but rumqttd logs an error for every connection
+/// that closes before CONNECT, so the probe says a proper hello and goodbye.
+fn mqtt_handshake(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    const CLIENT_ID: &[u8] = b"wedge-broker-probe";
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    // CONNECT, MQTT 3.1.1, clean session, keep-alive 10 s.
+    let mut packet = vec![0x10, (10 + 2 + CLIENT_ID.len()) as u8];
+    packet.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
+    packet.extend_from_slice(&[0, CLIENT_ID.len() as u8]);
+    packet.extend_from_slice(CLIENT_ID);
+    let mut connack = [0u8; 4];
+    let ok = stream.write_all(&packet).is_ok()
+        && stream.read_exact(&mut connack).is_ok()
+        && connack == [0x20, 0x02, 0x00, 0x00];
+    let _ = stream.write_all(&[0xE0, 0x00]); // DISCONNECT
+    ok
 }
 
 fn rumqttd_config(config: &Config, listen: SocketAddr) -> rumqttd::Config {

@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::Notification;
+use rumqttd::local::{LinkRx, LinkTx};
 
 /// Why a link operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,26 +25,35 @@ impl std::fmt::Debug for LocalPublisher {
 }
 
 impl LocalPublisher {
-    fn with<R>(
-        &self,
-        f: impl FnOnce(&mut LinkTx) -> Result<R, rumqttd::local::LinkError>,
-    ) -> Result<R, LinkError> {
+    fn with(&self, f: impl FnOnce(&mut LinkTx) -> Result<(), String>) -> Result<(), LinkError> {
         // A poisoned lock only means another thread panicked mid-call; the link itself
         // is still consistent (each call pushes one whole packet).
         let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut tx).map_err(|e| LinkError(e.to_string()))
+        f(&mut tx).map_err(LinkError)
     }
 
     pub fn publish(&self, topic: impl Into<String>, payload: Vec<u8>) -> Result<(), LinkError> {
-        self.with(|tx| tx.publish(topic.into(), payload)).map(drop)
+        self.with(|tx| {
+            tx.publish(topic.into(), payload)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
     }
 
     pub fn subscribe(&self, filter: &str) -> Result<(), LinkError> {
-        self.with(|tx| tx.subscribe(filter.to_string())).map(drop)
+        self.with(|tx| {
+            tx.subscribe(filter.to_string())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
     }
 
     pub fn unsubscribe(&self, filter: &str) -> Result<(), LinkError> {
-        self.with(|tx| tx.unsubscribe(filter.to_string())).map(drop)
+        self.with(|tx| {
+            tx.unsubscribe(filter.to_string())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
     }
 }
 

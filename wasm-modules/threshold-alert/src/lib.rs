@@ -55,7 +55,9 @@ impl Detector {
             return Err("invalid config: threshold must be a finite number".into());
         }
         if config.alert_topic.is_empty() || config.alert_topic.contains(['+', '#']) {
-            return Err("invalid config: alert_topic must be a topic name without wildcards".into());
+            return Err(
+                "invalid config: alert_topic must be a topic name without wildcards".into(),
+            );
         }
         Ok(Self { config, ignored: 0 })
     }
@@ -173,7 +175,13 @@ mod tests {
     #[test]
     fn ignores_and_counts_non_readings() {
         let mut d = detector();
-        for p in [&b"\"junk\""[..], b"not json", b"{\"value\": \"x\"}", b"[1]", b""] {
+        for p in [
+            &b"\"junk\""[..],
+            b"not json",
+            b"{\"value\": \"x\"}",
+            b"[1]",
+            b"",
+        ] {
             assert_eq!(d.handle("s", p), Outcome::Ignored);
         }
         assert_eq!(d.ignored(), 5);

@@ -1,0 +1,112 @@
+//! The `wedge-node` binary as an operator runs it: config errors, SIGTERM, and a crash
+//! (SIGKILL) that the control plane sees through the node's MQTT last will.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wedge-node");
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn spawn_node(cp_mqtt: std::net::SocketAddr, id: &str, dir: &std::path::Path) -> Child {
+    Command::new(BIN)
+        .args(["--node-id", id, "--control-plane"])
+        .arg(format!("mqtt://{cp_mqtt}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--local-mqtt-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wedge-node starts")
+}
+
+async fn node_json(api: std::net::SocketAddr, id: &str) -> Option<serde_json::Value> {
+    let resp = reqwest::get(format!("http://{api}/api/v1/nodes/{id}"))
+        .await
+        .ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    resp.json().await.ok()
+}
+
+async fn wait_status(api: std::net::SocketAddr, id: &str, status: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Some(n) = node_json(api, id).await
+            && n["status"] == status
+        {
+            return n;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "node {id} not {status} within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn control_plane(dir: &std::path::Path) -> wedge_control_plane::Running {
+    wedge_control_plane::App::start(wedge_control_plane::Config {
+        data_dir: dir.to_path_buf(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        mqtt_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[test]
+fn invalid_config_exits_64() {
+    let out = Command::new(BIN)
+        .args(["--node-id", "bad/id"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("node_id"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["--node-id", "ok", "--control-plane", "http://x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_fires_the_last_will_and_sigterm_says_goodbye() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp")).await;
+
+    let mut node = spawn_node(cp.mqtt_addr(), "crashy", &dir.path().join("n1"));
+    wait_status(cp.api_addr(), "crashy", "online").await;
+    node.kill().unwrap(); // SIGKILL: no goodbye, the broker publishes the will
+    node.wait().unwrap();
+    let n = wait_status(cp.api_addr(), "crashy", "offline").await;
+    assert_eq!(n["reason"], "connection lost (last will)");
+
+    let mut node = spawn_node(cp.mqtt_addr(), "polite", &dir.path().join("n2"));
+    wait_status(cp.api_addr(), "polite", "online").await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = node.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < DEADLINE, "wedge-node ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    let n = wait_status(cp.api_addr(), "polite", "offline").await;
+    assert_eq!(n["reason"], "shut down");
+    cp.stop().await;
+}
