@@ -41,6 +41,8 @@ fn main() {
         );
     }
 
+    ensure_target_installed();
+
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
@@ -94,4 +96,26 @@ fn main() {
         format!("/// (name, path) of every built module.\npub const MODULES: &[(&str, &str)] = &[\n{index}];\n"),
     )
     .expect("write modules.rs");
+}
+
+/// Installs the `wasm32-wasip2` standard library with rustup when it is missing, so a
+/// fresh clone builds with nothing but `cargo`. Without rustup the build fails below with
+/// a message saying what to install.
+fn ensure_target_installed() {
+    let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
+        return;
+    };
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-wasip2 target with rustup (once)");
+    let _ = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
 }
