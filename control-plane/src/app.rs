@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use wedge_broker::EmbeddedBroker;
+use wedge_shared::process::{Lifecycle, Service};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
@@ -21,9 +21,6 @@ use crate::mqtt::{self, Counters};
 use crate::reconcile::Reconciler;
 use crate::store::Store;
 use crate::time::now_ms;
-
-/// How long shutdown waits for tasks to finish.
-const GRACE: Duration = Duration::from_secs(10);
 
 /// The control plane.
 #[derive(Debug)]
@@ -34,8 +31,7 @@ pub struct App;
 pub struct Running {
     api_addr: SocketAddr,
     mqtt_addr: SocketAddr,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    lifecycle: Lifecycle,
     store: Store,
 }
 
@@ -80,8 +76,9 @@ impl App {
             .with_context(|| format!("cannot listen for the API on {}", config.api_listen))?;
         let api_addr = listener.local_addr()?;
 
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let lifecycle = Lifecycle::new("control plane");
+        let shutdown = lifecycle.token();
+        let tracker = lifecycle.tracker();
 
         let ctx = mqtt::Context {
             store: store.clone(),
@@ -111,13 +108,11 @@ impl App {
                 tracing::error!(error = %e, "API server failed");
             }
         });
-        tracker.close();
         tracing::info!(api = %api_addr, mqtt = %mqtt_addr, "control plane started");
         Ok(Running {
             api_addr,
             mqtt_addr,
-            shutdown,
-            tracker,
+            lifecycle,
             store,
         })
     }
@@ -149,31 +144,34 @@ impl Running {
 
     /// A token that stops the control plane when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.lifecycle.token()
     }
 
     /// Stops and waits for the tasks to finish (at most the grace period).
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.drain().await;
+        self.lifecycle.stop().await;
+        Self::flush(&self.store);
     }
 
     /// Waits until the shutdown token is cancelled, then drains.
     pub async fn wait(self) {
-        self.shutdown.cancelled().await;
-        self.drain().await;
+        self.lifecycle.wait().await;
+        Self::flush(&self.store);
     }
 
-    async fn drain(self) {
-        if tokio::time::timeout(GRACE, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(grace = ?GRACE, "shutdown grace period ran out");
-        }
-        if let Err(e) = self.store.flush() {
+    fn flush(store: &Store) {
+        if let Err(e) = store.flush() {
             tracing::error!(error = %e, "final store flush failed");
         }
-        tracing::info!("control plane stopped");
+    }
+}
+
+impl Service for Running {
+    fn shutdown_token(&self) -> CancellationToken {
+        self.lifecycle.token()
+    }
+
+    async fn wait(self) {
+        Running::wait(self).await
     }
 }

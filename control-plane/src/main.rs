@@ -28,9 +28,6 @@ struct Cli {
     log_format: String,
 }
 
-/// Exit code for an unusable configuration (EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
-
 fn config(cli: &Cli) -> anyhow::Result<Config> {
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,
@@ -53,26 +50,5 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     wedge_shared::process::init(&cli.log_format);
-    let config = match config(&cli) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("wedge-control: invalid configuration: {e:#}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let running = match App::start(config).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("cannot start: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let token = running.shutdown_token();
-    tokio::spawn(async move {
-        wedge_shared::process::shutdown_signal().await;
-        tracing::info!("shutting down");
-        token.cancel();
-    });
-    running.wait().await;
-    ExitCode::SUCCESS
+    wedge_shared::process::run_service("wedge-control", config(&cli), App::start).await
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use wedge_broker::EmbeddedBroker;
+use wedge_shared::process::{Lifecycle, Service};
 
 use crate::agent::{Agent, Identity};
 use crate::config::Config;
@@ -21,8 +21,6 @@ use crate::router::{self, RouteTable};
 use crate::runtime::Runtime;
 use crate::store::Store;
 use crate::uplink;
-
-const GRACE: Duration = Duration::from_secs(10);
 
 /// The edge node.
 #[derive(Debug)]
@@ -32,8 +30,7 @@ pub struct App;
 #[derive(Debug)]
 pub struct Running {
     local_mqtt_addr: SocketAddr,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    lifecycle: Lifecycle,
 }
 
 impl App {
@@ -84,8 +81,9 @@ impl App {
         // Routes are in place before the first message is read: nothing is missed.
         agent.boot().await;
 
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let lifecycle = Lifecycle::new("edge node");
+        let shutdown = lifecycle.token();
+        let tracker = lifecycle.tracker();
         let (inbound_tx, inbound_rx) = mpsc::channel(256);
         tracker.spawn(router::run(receiver, routes, shutdown.clone()));
         // The agent stops first, then the session says goodbye: the session gets its own
@@ -98,12 +96,10 @@ impl App {
             agent_done.cancel();
         });
         tracker.spawn(session.run(inbound_tx, session_stop));
-        tracker.close();
         tracing::info!(node = config.node_id, local_mqtt = %local_mqtt_addr, control_plane = config.control_plane, "edge node started");
         Ok(Running {
             local_mqtt_addr,
-            shutdown,
-            tracker,
+            lifecycle,
         })
     }
 }
@@ -115,28 +111,26 @@ impl Running {
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.lifecycle.token()
     }
 
     /// Stops and waits for the tasks to finish (at most the grace period).
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.drain().await;
+        self.lifecycle.stop().await;
     }
 
     /// Waits until the shutdown token is cancelled, then drains.
     pub async fn wait(self) {
-        self.shutdown.cancelled().await;
-        self.drain().await;
+        self.lifecycle.wait().await;
+    }
+}
+
+impl Service for Running {
+    fn shutdown_token(&self) -> CancellationToken {
+        self.lifecycle.token()
     }
 
-    async fn drain(self) {
-        if tokio::time::timeout(GRACE, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(grace = ?GRACE, "shutdown grace period ran out");
-        }
-        tracing::info!("edge node stopped");
+    async fn wait(self) {
+        Running::wait(self).await
     }
 }

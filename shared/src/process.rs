@@ -45,3 +45,102 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
 }
+
+/// Exit code for an unusable configuration (EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// How long a stopping process waits for its tasks.
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The long-running tasks of a started service and the token that stops them:
+/// signal → cancel → drain with a grace period → warn if it ran out.
+#[derive(Debug)]
+pub struct Lifecycle {
+    name: &'static str,
+    shutdown: tokio_util::sync::CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl Lifecycle {
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            tracker: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    /// The token every task watches.
+    pub fn token(&self) -> tokio_util::sync::CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Where long-running tasks are spawned.
+    pub fn tracker(&self) -> &tokio_util::task::TaskTracker {
+        &self.tracker
+    }
+
+    /// Cancels and drains.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.drain().await;
+    }
+
+    /// Waits until the token is cancelled (by a signal handler), then drains.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.drain().await;
+    }
+
+    async fn drain(self) {
+        self.tracker.close();
+        if tokio::time::timeout(GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(service = self.name, grace = ?GRACE, "shutdown grace period ran out");
+        }
+        tracing::info!(service = self.name, "stopped");
+    }
+}
+
+/// A started service a `main` can wait on.
+pub trait Service: Sized {
+    fn shutdown_token(&self) -> tokio_util::sync::CancellationToken;
+    fn wait(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// The body of a binary's `main` after flag parsing: refuse a bad configuration with
+/// [`EXIT_CONFIG`] before anything binds, start, stop on SIGINT/SIGTERM, drain.
+pub async fn run_service<C, S, F>(
+    bin: &str,
+    config: anyhow::Result<C>,
+    start: impl FnOnce(C) -> F,
+) -> std::process::ExitCode
+where
+    S: Service,
+    F: std::future::Future<Output = anyhow::Result<S>>,
+{
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{bin}: invalid configuration: {e:#}");
+            return std::process::ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let service = match start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let token = service.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+    service.wait().await;
+    std::process::ExitCode::SUCCESS
+}

@@ -92,7 +92,7 @@ pub struct Instance {
 
 impl Instance {
     /// Starts the instance's thread. `changed` is notified whenever its state changes.
-    pub fn start(
+    pub(crate) fn start(
         runtime: Runtime,
         component: Component,
         publisher: LocalPublisher,

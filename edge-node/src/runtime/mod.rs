@@ -97,7 +97,7 @@ impl Runtime {
     }
 
     /// Compiles a component (tens of milliseconds: call it off the async runtime).
-    pub fn compile(&self, bytes: &[u8]) -> Result<Component, Error> {
+    pub(crate) fn compile(&self, bytes: &[u8]) -> Result<Component, Error> {
         Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))
     }
 
