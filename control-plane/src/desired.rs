@@ -22,6 +22,9 @@ pub fn modules_for(
             size: d.module.size,
             subscriptions: d.subscriptions.clone(),
             config: d.config.clone(),
+            publish_prefixes: d.publish_prefixes.clone(),
+            tick_ms: d.tick_ms,
+            limits: d.limits.clone(),
         })
         .collect();
     modules.sort_by(|a, b| a.name.cmp(&b.name));
@@ -62,6 +65,9 @@ mod tests {
             target,
             subscriptions: vec!["s/#".into()],
             config: "{}".into(),
+            publish_prefixes: vec![],
+            tick_ms: None,
+            limits: Default::default(),
             created_at_ms: 0,
         }
     }

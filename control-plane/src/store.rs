@@ -67,6 +67,12 @@ pub struct DeploymentRecord {
     pub subscriptions: Vec<String>,
     /// The module's configuration as JSON text.
     pub config: String,
+    #[serde(default)]
+    pub publish_prefixes: Vec<String>,
+    #[serde(default)]
+    pub tick_ms: Option<u64>,
+    #[serde(default)]
+    pub limits: wedge_shared::messages::Limits,
     pub created_at_ms: u64,
 }
 

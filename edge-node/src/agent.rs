@@ -20,9 +20,10 @@ use wedge_shared::messages::{
     BlobReply, DesiredState, Heartbeat, ModuleSpec, ModuleState, ModuleStatus,
 };
 
-use crate::config::ModuleLimits;
+use crate::buffer::Buffer;
+use crate::config::{MIN_MEMORY_BYTES, ModuleLimits};
 use crate::router::{Route, RouteTable};
-use crate::runtime::{Instance, InstanceConfig, Runtime};
+use crate::runtime::{HostContext, Instance, InstanceConfig, Runtime};
 use crate::store::Store;
 use crate::uplink::fetch::{Fetcher, Progress};
 use crate::uplink::{Inbound, UplinkClient};
@@ -42,12 +43,13 @@ pub struct Identity {
 pub struct Agent {
     identity: Identity,
     store: Store,
+    buffer: Buffer,
     runtime: Runtime,
     publisher: LocalPublisher,
     routes: RouteTable,
     uplink: UplinkClient,
     changed: Arc<Notify>,
-    instances: BTreeMap<String, Instance>,
+    instances: BTreeMap<String, (ModuleSpec, Instance)>,
     /// Modules that are wanted but not running an instance: fetching or unusable.
     waiting: BTreeMap<String, ModuleStatus>,
     desired: Option<DesiredState>,
@@ -59,6 +61,7 @@ impl Agent {
     pub fn new(
         identity: Identity,
         store: Store,
+        buffer: Buffer,
         runtime: Runtime,
         publisher: LocalPublisher,
         routes: RouteTable,
@@ -67,6 +70,7 @@ impl Agent {
         Self {
             identity,
             store,
+            buffer,
             runtime,
             publisher,
             routes,
@@ -201,21 +205,21 @@ impl Agent {
         let wanted: Vec<Digest> = desired.modules.iter().map(|m| m.digest).collect();
         self.fetcher.retain(&wanted);
 
-        let mut next: BTreeMap<String, Instance> = BTreeMap::new();
+        let mut next: BTreeMap<String, (ModuleSpec, Instance)> = BTreeMap::new();
         let mut retired = Vec::new();
         self.waiting.clear();
         for spec in &desired.modules {
             let current = self.instances.remove(&spec.name);
-            if let Some(inst) = current {
-                if same_instance(inst.config(), spec) {
-                    next.insert(spec.name.clone(), inst);
+            if let Some((running, inst)) = current {
+                if running == *spec {
+                    next.insert(spec.name.clone(), (running, inst));
                     continue;
                 }
                 retired.push(inst);
             }
             match self.start(spec).await {
                 Ok(Some(inst)) => {
-                    next.insert(spec.name.clone(), inst);
+                    next.insert(spec.name.clone(), (spec.clone(), inst));
                 }
                 Ok(None) => {} // fetching
                 Err(error) => {
@@ -228,12 +232,17 @@ impl Agent {
                             state: ModuleState::Failed,
                             last_error: Some(error),
                             restarts: 0,
+                            stats: Default::default(),
                         },
                     );
                 }
             }
         }
-        retired.extend(std::mem::take(&mut self.instances).into_values());
+        retired.extend(
+            std::mem::take(&mut self.instances)
+                .into_values()
+                .map(|(_, inst)| inst),
+        );
         self.instances = next;
         self.update_routes(&desired);
         self.stop(retired).await;
@@ -246,6 +255,10 @@ impl Agent {
             self.applied_generation = desired.generation;
             if let Err(e) = self.store.retain_blobs(&wanted) {
                 tracing::warn!(error = %e, "cannot remove unused blobs");
+            }
+            let names: Vec<String> = desired.modules.iter().map(|m| m.name.clone()).collect();
+            if let Err(e) = self.store.retain_kv(&names) {
+                tracing::warn!(error = %e, "cannot remove the stores of removed modules");
             }
         }
         self.report();
@@ -272,28 +285,61 @@ impl Agent {
                     state: ModuleState::Fetching,
                     last_error: None,
                     restarts: 0,
+                    stats: Default::default(),
                 },
             );
             return Ok(None);
         };
+        let defaults = &self.identity.limits;
+        let memory_bytes = spec.limits.memory_bytes.unwrap_or(defaults.memory_bytes);
+        if memory_bytes < MIN_MEMORY_BYTES {
+            return Err(format!(
+                "memory limit of {memory_bytes} bytes is below the minimum of {MIN_MEMORY_BYTES}"
+            ));
+        }
         let runtime = self.runtime.clone();
-        let component = tokio::task::spawn_blocking(move || runtime.compile(&blob))
+        let compiled = tokio::task::spawn_blocking(move || runtime.compile(&blob))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        let limits = &self.identity.limits;
+        let kv = self
+            .store
+            .kv(
+                &spec.name,
+                spec.limits.kv_bytes.unwrap_or(defaults.kv_bytes),
+            )
+            .map_err(|e| format!("cannot open the module's key-value store: {e}"))?;
+        let host = HostContext {
+            module: spec.name.as_str().into(),
+            publisher: self.publisher.clone(),
+            buffer: self.buffer.clone(),
+            kv,
+            publish_prefixes: spec.publish_prefixes.clone(),
+            publish_per_sec: spec
+                .limits
+                .publish_per_sec
+                .unwrap_or(defaults.publish_per_sec)
+                .max(1),
+            stats: Default::default(),
+        };
         let config = InstanceConfig {
             name: spec.name.clone(),
             digest: spec.digest,
             config: spec.config.clone(),
-            memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
-            call_timeout: Duration::from_millis(limits.call_timeout_ms),
-            queue: limits.queue,
+            memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+            call_timeout: Duration::from_millis(
+                spec.limits
+                    .call_timeout_ms
+                    .unwrap_or(defaults.call_timeout_ms)
+                    .max(10),
+            ),
+            queue: defaults.queue,
+            tick: spec.tick_ms.map(|ms| Duration::from_millis(ms.max(10))),
         };
         Instance::start(
             self.runtime.clone(),
-            component,
-            self.publisher.clone(),
+            &compiled,
+            host,
             config,
             self.changed.clone(),
         )
@@ -306,7 +352,7 @@ impl Agent {
             .modules
             .iter()
             .filter_map(|spec| {
-                self.instances.get(&spec.name).map(|inst| Route {
+                self.instances.get(&spec.name).map(|(_, inst)| Route {
                     module: spec.name.clone(),
                     filters: spec.subscriptions.clone(),
                     inbox: inst.inbox(),
@@ -331,7 +377,10 @@ impl Agent {
 
     async fn stop_all(&mut self) {
         self.routes.replace(Vec::new());
-        let all = std::mem::take(&mut self.instances).into_values().collect();
+        let all = std::mem::take(&mut self.instances)
+            .into_values()
+            .map(|(_, inst)| inst)
+            .collect();
         self.stop(all).await;
     }
 
@@ -340,7 +389,7 @@ impl Agent {
         let mut all: Vec<ModuleStatus> = self
             .instances
             .values()
-            .map(Instance::status)
+            .map(|(_, inst)| inst.status())
             .chain(self.waiting.values().cloned())
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -363,9 +412,4 @@ impl Agent {
         };
         self.uplink.heartbeat(&hb);
     }
-}
-
-/// Whether a running instance already is what `spec` asks for.
-fn same_instance(current: &InstanceConfig, spec: &ModuleSpec) -> bool {
-    current.digest == spec.digest && current.config == spec.config
 }

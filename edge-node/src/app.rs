@@ -31,6 +31,7 @@ pub struct App;
 pub struct Running {
     local_mqtt_addr: SocketAddr,
     lifecycle: Lifecycle,
+    buffer: crate::buffer::Buffer,
 }
 
 impl App {
@@ -56,6 +57,9 @@ impl App {
             .context("cannot subscribe to the local broker")?;
         let local_mqtt_addr = broker.local_addr();
 
+        let buffer = store
+            .buffer(config.buffer_bytes)
+            .context("cannot open the telemetry buffer")?;
         let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
         let routes = RouteTable::default();
         let (client, session) = uplink::connect(uplink::Settings {
@@ -73,6 +77,7 @@ impl App {
                 limits: config.limits.clone(),
             },
             store,
+            buffer.clone(),
             runtime,
             publisher,
             routes.clone(),
@@ -100,6 +105,7 @@ impl App {
         Ok(Running {
             local_mqtt_addr,
             lifecycle,
+            buffer,
         })
     }
 }
@@ -112,6 +118,11 @@ impl Running {
 
     pub fn shutdown_token(&self) -> CancellationToken {
         self.lifecycle.token()
+    }
+
+    /// The node's telemetry buffer (what modules emitted, waiting for delivery).
+    pub fn buffer(&self) -> &crate::buffer::Buffer {
+        &self.buffer
     }
 
     /// Stops and waits for the tasks to finish (at most the grace period).

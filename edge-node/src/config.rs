@@ -29,8 +29,14 @@ pub struct Config {
     pub keep_alive_secs: u64,
     /// Largest module blob the node accepts.
     pub max_module_size: u64,
+    /// Bytes of telemetry kept on disk while it waits for delivery; beyond it the oldest
+    /// records are dropped and counted.
+    pub buffer_bytes: u64,
     pub limits: ModuleLimits,
 }
+
+/// Smallest memory limit a module may have: a Rust guest starts at ~1.1 MB.
+pub const MIN_MEMORY_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Default limits for every module instance.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +48,10 @@ pub struct ModuleLimits {
     pub call_timeout_ms: u64,
     /// Messages waiting for one instance; beyond it new ones are dropped and counted.
     pub queue: usize,
+    /// Bytes of keys and values one module may keep in its key-value store.
+    pub kv_bytes: u64,
+    /// Local publishes one module may make per second (and in a burst).
+    pub publish_per_sec: u32,
 }
 
 impl Default for ModuleLimits {
@@ -50,6 +60,8 @@ impl Default for ModuleLimits {
             memory_bytes: 32 * 1024 * 1024,
             call_timeout_ms: 1000,
             queue: 1024,
+            kv_bytes: 1024 * 1024,
+            publish_per_sec: 1000,
         }
     }
 }
@@ -65,6 +77,7 @@ impl Default for Config {
             heartbeat_interval_secs: 5,
             keep_alive_secs: 5,
             max_module_size: 16 * 1024 * 1024,
+            buffer_bytes: 64 * 1024 * 1024,
             limits: ModuleLimits::default(),
         }
     }
@@ -100,8 +113,11 @@ impl Config {
             bail!("heartbeat_interval_secs and keep_alive_secs must be at least 1");
         }
         // A Rust guest starts at ~1.1 MB of linear memory.
-        if self.limits.memory_bytes < 2 * 1024 * 1024 {
+        if self.limits.memory_bytes < MIN_MEMORY_BYTES {
             bail!("limits.memory_bytes must be at least 2 MiB");
+        }
+        if self.limits.publish_per_sec == 0 || self.buffer_bytes < 1024 * 1024 {
+            bail!("limits.publish_per_sec must be positive and buffer_bytes at least 1 MiB");
         }
         if self.limits.call_timeout_ms < 10 || self.limits.queue == 0 {
             bail!("limits.call_timeout_ms must be at least 10 and limits.queue positive");

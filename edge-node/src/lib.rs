@@ -8,7 +8,8 @@
 //!   is bound.
 //! - [`app`]: startup and shutdown; wires the pieces below together.
 //! - [`store`]: the local store (sled): the last desired state and module blobs, so the
-//!   node boots and runs without the uplink.
+//!   node boots and runs without the uplink; each module's key-value store.
+//! - [`buffer`]: telemetry records modules emit, on disk until delivered.
 //! - [`runtime`]: wasmtime — engine and limits, the host interface, one supervised thread
 //!   per module instance.
 //! - [`router`]: hands each local broker message to the modules whose subscriptions match.
@@ -22,6 +23,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod buffer;
 pub mod config;
 pub mod router;
 pub mod runtime;

@@ -18,6 +18,7 @@ pub enum Error {
 }
 
 const DESIRED_KEY: &str = "desired";
+const KV_PREFIX: &str = "kv/";
 
 /// The node's store. Cheap to clone.
 #[derive(Clone)]
@@ -73,6 +74,40 @@ impl Store {
         Ok(())
     }
 
+    /// The telemetry buffer, bounded by `quota` bytes.
+    pub fn buffer(&self, quota: u64) -> Result<crate::buffer::Buffer, crate::buffer::Error> {
+        crate::buffer::Buffer::open(self.db.open_tree("telemetry")?, quota)
+    }
+
+    /// The key-value store of module instance `module`, bounded by `quota` bytes of keys
+    /// and values.
+    pub fn kv(&self, module: &str, quota: u64) -> Result<Kv, Error> {
+        let tree = self.db.open_tree(format!("{KV_PREFIX}{module}"))?;
+        let mut used = 0u64;
+        for item in tree.iter() {
+            let (k, v) = item?;
+            used += (k.len() + v.len()) as u64;
+        }
+        Ok(Kv {
+            tree,
+            quota,
+            used: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(used)),
+        })
+    }
+
+    /// Deletes the key-value stores of modules not in `keep`.
+    pub fn retain_kv(&self, keep: &[String]) -> Result<(), Error> {
+        for name in self.db.tree_names() {
+            let Some(module) = name.strip_prefix(KV_PREFIX.as_bytes()) else {
+                continue;
+            };
+            if !keep.iter().any(|k| k.as_bytes() == module) {
+                self.db.drop_tree(&name)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops blobs no module in `keep` uses.
     pub fn retain_blobs(&self, keep: &[Digest]) -> Result<usize, Error> {
         let mut removed = 0;
@@ -111,5 +146,106 @@ mod tests {
         assert_eq!(s.blob(&d).unwrap().unwrap(), b"blob");
         assert_eq!(s.retain_blobs(&[]).unwrap(), 1);
         assert!(!s.has_blob(&d).unwrap());
+    }
+
+    #[test]
+    fn kv_quota_and_persistence() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let kv = s.kv("m", 20).unwrap();
+            kv.set("a", b"0123456789").unwrap();
+            assert_eq!(kv.used(), 11);
+            assert!(matches!(
+                kv.set("b", b"0123456789"),
+                Err(KvError::Quota { .. })
+            ));
+            // Overwriting counts the difference only.
+            kv.set("a", b"0123456789abcdef").unwrap();
+            assert!(matches!(
+                kv.set("k".repeat(300).as_str(), b""),
+                Err(KvError::KeyTooLong(_))
+            ));
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let kv = s.kv("m", 20).unwrap();
+        assert_eq!(kv.used(), 17);
+        assert_eq!(kv.get("a").unwrap().unwrap(), b"0123456789abcdef");
+        kv.delete("a").unwrap();
+        assert_eq!(kv.used(), 0);
+        s.retain_kv(&[]).unwrap();
+        assert!(s.kv("m", 20).unwrap().get("a").unwrap().is_none());
+    }
+}
+
+/// Why a key-value write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("key of {0} bytes is longer than 256")]
+    KeyTooLong(usize),
+    #[error("quota of {quota} bytes would be exceeded ({used} used, {wanted} more wanted)")]
+    Quota { quota: u64, used: u64, wanted: u64 },
+    #[error("storage: {0}")]
+    Store(#[from] sled::Error),
+}
+
+/// One module's key-value store with a byte quota. Cheap to clone.
+#[derive(Clone)]
+pub struct Kv {
+    tree: sled::Tree,
+    quota: u64,
+    used: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv").field("quota", &self.quota).finish()
+    }
+}
+
+impl Kv {
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        use std::sync::atomic::Ordering;
+        if key.len() > 256 {
+            return Err(KvError::KeyTooLong(key.len()));
+        }
+        let old = self
+            .tree
+            .get(key)?
+            .map_or(0, |v| (key.len() + v.len()) as u64);
+        let new = (key.len() + value.len()) as u64;
+        let used = self.used.load(Ordering::Relaxed);
+        // Only the module's own thread writes its store, so load-then-store does not race.
+        let next = used - old.min(used) + new;
+        if next > self.quota {
+            return Err(KvError::Quota {
+                quota: self.quota,
+                used,
+                wanted: new.saturating_sub(old),
+            });
+        }
+        self.tree.insert(key, value)?;
+        self.used.store(next, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), KvError> {
+        use std::sync::atomic::Ordering;
+        if let Some(v) = self.tree.remove(key)? {
+            let freed = (key.len() + v.len()) as u64;
+            let used = self.used.load(Ordering::Relaxed);
+            self.used
+                .store(used.saturating_sub(freed), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Bytes of keys and values stored.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -58,6 +58,26 @@ pub struct ModuleStatus {
     /// The last error, if the module ever failed.
     pub last_error: Option<String>,
     pub restarts: u32,
+    /// What the instance has done since the node started it.
+    #[serde(default)]
+    pub stats: ModuleStats,
+}
+
+/// Counters of one module instance (since the node started it, across restarts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleStats {
+    /// Messages handled without a trap.
+    pub messages: u64,
+    /// Calls that returned an error (the module kept running).
+    pub errors: u64,
+    /// Messages dropped because the module's queue was full.
+    pub dropped: u64,
+    /// Messages published to the local broker.
+    pub published: u64,
+    /// Publishes refused: forbidden topic or over the rate limit.
+    pub refused: u64,
+    /// Records emitted upstream.
+    pub emitted: u64,
 }
 
 /// Where a module instance is in its life.
@@ -105,6 +125,42 @@ pub struct ModuleSpec {
     pub subscriptions: Vec<String>,
     /// The module's configuration as JSON text, passed to its `init`.
     pub config: String,
+    /// Topic prefixes the module may publish to locally; empty: any non-reserved topic.
+    #[serde(default)]
+    pub publish_prefixes: Vec<String>,
+    /// Period of `on-tick` in milliseconds; `None`: never ticked.
+    #[serde(default)]
+    pub tick_ms: Option<u64>,
+    /// Limits for this module; `None` fields take the node's defaults.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Sandbox limits of one module instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Most linear memory, bytes.
+    pub memory_bytes: Option<u64>,
+    /// Longest single call (init, on-message, on-tick), milliseconds.
+    pub call_timeout_ms: Option<u64>,
+    /// Most bytes of keys and values in the module's key-value store.
+    pub kv_bytes: Option<u64>,
+    /// Most local publishes per second (a burst of as many is allowed).
+    pub publish_per_sec: Option<u32>,
+}
+
+/// One record a module emitted upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryRecord {
+    /// Per-node sequence number, assigned when the record is buffered; increases by one.
+    pub seq: u64,
+    /// Instance that emitted it.
+    pub module: String,
+    pub stream: String,
+    /// Milliseconds since the Unix epoch when it was emitted.
+    pub ts_ms: u64,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
 }
 
 /// A node asks for part of a blob.
@@ -174,6 +230,14 @@ mod tests {
                 state,
                 last_error,
                 restarts,
+                stats: ModuleStats {
+                    messages: restarts as u64 * 3,
+                    errors: 1,
+                    dropped: 2,
+                    published: 3,
+                    refused: 4,
+                    emitted: 5,
+                },
             })
     }
 
@@ -218,14 +282,42 @@ mod tests {
             any::<u64>(),
             vec(".{0,20}", 0..4),
             ".{0,60}",
+            vec(".{0,10}", 0..3),
+            proptest::option::of(any::<u64>()),
+            limits(),
         )
-            .prop_map(|(name, digest, size, subscriptions, config)| ModuleSpec {
-                name,
-                digest,
-                size,
-                subscriptions,
-                config,
-            })
+            .prop_map(
+                |(name, digest, size, subscriptions, config, publish_prefixes, tick_ms, limits)| {
+                    ModuleSpec {
+                        name,
+                        digest,
+                        size,
+                        subscriptions,
+                        config,
+                        publish_prefixes,
+                        tick_ms,
+                        limits,
+                    }
+                },
+            )
+    }
+
+    fn limits() -> impl Strategy<Value = Limits> {
+        use proptest::option::of;
+        (
+            of(any::<u64>()),
+            of(any::<u64>()),
+            of(any::<u64>()),
+            of(any::<u32>()),
+        )
+            .prop_map(
+                |(memory_bytes, call_timeout_ms, kv_bytes, publish_per_sec)| Limits {
+                    memory_bytes,
+                    call_timeout_ms,
+                    kv_bytes,
+                    publish_per_sec,
+                },
+            )
     }
 
     fn desired_state() -> impl Strategy<Value = DesiredState> {
@@ -265,7 +357,29 @@ mod tests {
         ]
     }
 
+    fn telemetry_record() -> impl Strategy<Value = TelemetryRecord> {
+        (
+            any::<u64>(),
+            ".{0,10}",
+            ".{0,10}",
+            any::<u64>(),
+            vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(seq, module, stream, ts_ms, payload)| TelemetryRecord {
+                seq,
+                module,
+                stream,
+                ts_ms,
+                payload,
+            })
+    }
+
     proptest! {
+        #[test]
+        fn telemetry_record_round_trip(m in telemetry_record()) {
+            prop_assert_eq!(decode::<TelemetryRecord>(&encode(&m)), Ok(m));
+        }
+
         #[test]
         fn status_round_trip(m in status_message()) {
             prop_assert_eq!(decode::<StatusMessage>(&encode(&m)), Ok(m));

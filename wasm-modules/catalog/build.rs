@@ -10,7 +10,19 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// Guest crates to build; each becomes `<name with _>.wasm`.
-const MODULES: &[&str] = &["threshold-alert"];
+const MODULES: &[&str] = &[
+    "threshold-alert",
+    "forward",
+    "window-stats",
+    "zscore-anomaly",
+    "sensor-decoder",
+    "hostile-loop",
+    "hostile-memory",
+    "hostile-trap-init",
+    "hostile-trap-message",
+    "hostile-flood",
+    "hostile-forbidden-topic",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));

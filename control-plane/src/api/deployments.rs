@@ -9,6 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use wedge_shared::Digest;
+use wedge_shared::messages::Limits;
 use wedge_shared::topics::{validate_filter, validate_id};
 
 use super::AppState;
@@ -38,6 +39,50 @@ pub struct DeploymentRequest {
     pub subscriptions: Vec<String>,
     #[serde(default)]
     pub config: Option<serde_json::Value>,
+    /// Topic prefixes the module may publish to; absent or empty: any non-reserved topic.
+    #[serde(default)]
+    pub publish_prefixes: Vec<String>,
+    /// Period of the module's `on-tick`, milliseconds (at least 10).
+    #[serde(default)]
+    pub tick_ms: Option<u64>,
+    #[serde(default)]
+    pub limits: Option<LimitsView>,
+}
+
+/// Per-module sandbox limits; absent fields take the node's defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_per_sec: Option<u32>,
+}
+
+impl From<&LimitsView> for Limits {
+    fn from(l: &LimitsView) -> Self {
+        Self {
+            memory_bytes: l.memory_bytes,
+            call_timeout_ms: l.call_timeout_ms,
+            kv_bytes: l.kv_bytes,
+            publish_per_sec: l.publish_per_sec,
+        }
+    }
+}
+
+impl From<&Limits> for LimitsView {
+    fn from(l: &Limits) -> Self {
+        Self {
+            memory_bytes: l.memory_bytes,
+            call_timeout_ms: l.call_timeout_ms,
+            kv_bytes: l.kv_bytes,
+            publish_per_sec: l.publish_per_sec,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +103,10 @@ pub struct DeploymentView {
     pub selector: Option<Selector>,
     pub subscriptions: Vec<String>,
     pub config: serde_json::Value,
+    pub publish_prefixes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tick_ms: Option<u64>,
+    pub limits: LimitsView,
     pub created_at: String,
 }
 
@@ -82,6 +131,9 @@ impl From<&DeploymentRecord> for DeploymentView {
             // Stored from a serde_json::Value, so it parses; fall back to the raw text.
             config: serde_json::from_str(&d.config)
                 .unwrap_or_else(|_| serde_json::Value::String(d.config.clone())),
+            publish_prefixes: d.publish_prefixes.clone(),
+            tick_ms: d.tick_ms,
+            limits: LimitsView::from(&d.limits),
             created_at: rfc3339(d.created_at_ms),
         }
     }
@@ -124,11 +176,41 @@ fn resolve_module(state: &AppState, reference: &str) -> Result<ModuleRecord, Api
     })
 }
 
+/// Smallest memory limit a deployment may set.
+const MIN_MEMORY_BYTES: u64 = 2 * 1024 * 1024;
+
 fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
     validate_id(&req.name).map_err(|e| ApiError::bad_request(format!("name {e}")))?;
     for filter in &req.subscriptions {
         validate_filter(filter)
             .map_err(|e| ApiError::bad_request(format!("subscription {filter:?}: {e}")))?;
+    }
+    for prefix in &req.publish_prefixes {
+        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with("wedge/") {
+            return Err(ApiError::bad_request(format!(
+                "publish prefix {prefix:?}: must be non-empty, without wildcards, outside wedge/"
+            )));
+        }
+    }
+    if req.tick_ms.is_some_and(|t| t < 10) {
+        return Err(ApiError::bad_request("tick_ms must be at least 10"));
+    }
+    if let Some(l) = &req.limits {
+        if l.memory_bytes.is_some_and(|m| m < MIN_MEMORY_BYTES) {
+            return Err(ApiError::bad_request(format!(
+                "limits.memory_bytes must be at least {MIN_MEMORY_BYTES} (a Rust module starts at ~1.1 MB)"
+            )));
+        }
+        if l.call_timeout_ms.is_some_and(|t| t < 10) {
+            return Err(ApiError::bad_request(
+                "limits.call_timeout_ms must be at least 10",
+            ));
+        }
+        if l.publish_per_sec == Some(0) {
+            return Err(ApiError::bad_request(
+                "limits.publish_per_sec must be positive",
+            ));
+        }
     }
     match (&req.nodes, &req.selector) {
         (Some(_), Some(_)) => Err(ApiError::bad_request(
@@ -171,6 +253,9 @@ async fn create(
         target,
         subscriptions: req.subscriptions,
         config,
+        publish_prefixes: req.publish_prefixes,
+        tick_ms: req.tick_ms,
+        limits: req.limits.as_ref().map(Limits::from).unwrap_or_default(),
         created_at_ms: now_ms(),
     };
     state.store.put_deployment(&record)?;

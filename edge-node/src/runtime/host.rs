@@ -1,7 +1,12 @@
 //! The host side of `wedge:module/host`, and the per-instance store data.
+//!
+//! Every host call is bounded: publishes by topic rules and a token bucket, emits by record
+//! size, the key-value store by a byte quota, logs by a token bucket. A refused call returns
+//! an error to the module (or, for logs, drops the line) and is counted; it never traps.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
@@ -10,34 +15,68 @@ use wedge_broker::LocalPublisher;
 use wedge_shared::topics::validate_topic;
 
 use super::bindings::wedge::module::host::{Host, Level};
+use super::limits::TokenBucket;
+use crate::buffer::Buffer;
+use crate::store::Kv;
 
 /// Topics under these prefixes are the node's own; modules may not publish there.
 const RESERVED_PREFIXES: &[&str] = &["wedge/", "$"];
+/// Log lines a module may write per second, and in a burst.
+const LOG_RATE: u32 = 20;
+const LOG_BURST: u32 = 100;
 
-/// Counters one instance's host calls keep.
+/// Counters of one instance, kept across its restarts.
 #[derive(Debug, Default)]
-pub struct HostCounters {
+pub struct Stats {
+    pub messages: AtomicU64,
+    pub errors: AtomicU64,
+    pub dropped: AtomicU64,
     pub published: AtomicU64,
-    pub publish_refused: AtomicU64,
+    pub refused: AtomicU64,
+    pub emitted: AtomicU64,
+    pub logs_dropped: AtomicU64,
 }
 
-/// Everything a module's calls into the host can reach.
+impl Stats {
+    pub fn snapshot(&self) -> wedge_shared::messages::ModuleStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        wedge_shared::messages::ModuleStats {
+            messages: get(&self.messages),
+            errors: get(&self.errors),
+            dropped: get(&self.dropped),
+            published: get(&self.published),
+            refused: get(&self.refused),
+            emitted: get(&self.emitted),
+        }
+    }
+}
+
+/// What an instance's host calls reach; shared by every restart of the instance.
+#[derive(Debug, Clone)]
+pub struct HostContext {
+    pub module: Arc<str>,
+    pub publisher: LocalPublisher,
+    pub buffer: Buffer,
+    pub kv: Kv,
+    /// Allowed topic prefixes; empty allows every non-reserved topic.
+    pub publish_prefixes: Vec<String>,
+    pub publish_per_sec: u32,
+    pub stats: Arc<Stats>,
+}
+
+/// The store data of one instance.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limits: StoreLimits,
-    module: Arc<str>,
-    publisher: LocalPublisher,
-    counters: Arc<HostCounters>,
+    ctx: HostContext,
+    publish_bucket: TokenBucket,
+    log_bucket: TokenBucket,
 }
 
 impl HostState {
-    pub fn new(
-        module: Arc<str>,
-        publisher: LocalPublisher,
-        memory_bytes: usize,
-        counters: Arc<HostCounters>,
-    ) -> Self {
+    pub fn new(ctx: HostContext, memory_bytes: usize) -> Self {
+        let now = Instant::now();
         Self {
             // No files, no network, no environment: a module reaches the world only
             // through the host interface.
@@ -50,10 +89,15 @@ impl HostState {
                 .memories(4)
                 .trap_on_grow_failure(true)
                 .build(),
-            module,
-            publisher,
-            counters,
+            publish_bucket: TokenBucket::new(ctx.publish_per_sec, ctx.publish_per_sec, now),
+            log_bucket: TokenBucket::new(LOG_RATE, LOG_BURST, now),
+            ctx,
         }
+    }
+
+    fn refuse(&self, why: String) -> Result<(), String> {
+        self.ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
+        Err(why)
     }
 }
 
@@ -66,29 +110,85 @@ impl WasiView for HostState {
     }
 }
 
+/// Whether a module with these allowed prefixes may publish to `topic`.
+pub fn topic_allowed(prefixes: &[String], topic: &str) -> Result<(), String> {
+    validate_topic(topic).map_err(|e| format!("topic {topic:?}: {e}"))?;
+    if RESERVED_PREFIXES.iter().any(|p| topic.starts_with(p)) {
+        return Err(format!("topic {topic:?} is reserved for the node"));
+    }
+    if !prefixes.is_empty() && !prefixes.iter().any(|p| topic.starts_with(p.as_str())) {
+        return Err(format!(
+            "topic {topic:?} is outside the prefixes this deployment allows: {prefixes:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl Host for HostState {
     fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
-        if let Err(e) = validate_topic(&topic) {
-            self.counters
-                .publish_refused
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(format!("topic {topic:?}: {e}"));
+        if let Err(why) = topic_allowed(&self.ctx.publish_prefixes, &topic) {
+            return self.refuse(why);
         }
-        if RESERVED_PREFIXES.iter().any(|p| topic.starts_with(p)) {
-            self.counters
-                .publish_refused
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(format!("topic {topic:?} is reserved for the node"));
+        if !self.publish_bucket.take(Instant::now()) {
+            return self.refuse(format!(
+                "publish rate limit of {}/s exceeded",
+                self.ctx.publish_per_sec
+            ));
         }
-        self.publisher
+        self.ctx
+            .publisher
             .publish(topic, payload)
             .map_err(|e| e.to_string())?;
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        self.ctx.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
+    fn emit(&mut self, stream: String, payload: Vec<u8>) -> Result<(), String> {
+        self.ctx
+            .buffer
+            .append(&self.ctx.module, &stream, now_ms(), &payload)
+            .map_err(|e| e.to_string())?;
+        self.ctx.stats.emitted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
+        match self.ctx.kv.get(&key) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(module = &*self.ctx.module, error = %e, "kv read failed");
+                None
+            }
+        }
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        self.ctx.kv.set(&key, &value).map_err(|e| e.to_string())
+    }
+
+    fn kv_delete(&mut self, key: String) {
+        if let Err(e) = self.ctx.kv.delete(&key) {
+            tracing::warn!(module = &*self.ctx.module, error = %e, "kv delete failed");
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        now_ms()
+    }
+
     fn log(&mut self, level: Level, message: String) {
-        let module = &*self.module;
+        if !self.log_bucket.take(Instant::now()) {
+            self.ctx.stats.logs_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let module = &*self.ctx.module;
         match level {
             Level::Trace => tracing::trace!(module, "{message}"),
             Level::Debug => tracing::debug!(module, "{message}"),
@@ -96,5 +196,21 @@ impl Host for HostState {
             Level::Warn => tracing::warn!(module, "{message}"),
             Level::Error => tracing::error!(module, "{message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_allowed;
+
+    #[test]
+    fn topic_rules() {
+        assert!(topic_allowed(&[], "alerts/x").is_ok());
+        assert!(topic_allowed(&[], "wedge/v1/nodes/x/status").is_err());
+        assert!(topic_allowed(&[], "$SYS/x").is_err());
+        assert!(topic_allowed(&[], "a/+").is_err());
+        let only = vec!["alerts/".to_string()];
+        assert!(topic_allowed(&only, "alerts/x").is_ok());
+        assert!(topic_allowed(&only, "actuators/valve").is_err());
     }
 }

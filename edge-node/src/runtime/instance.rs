@@ -5,12 +5,16 @@
 //! and the other modules. Messages reach it over a bounded queue; when it is full, new
 //! messages are dropped and counted rather than buffered without bound.
 //!
-//! Life of an instance: instantiate → `init(config)` → `on-message` for each message. A
-//! trap anywhere (including a deadline overrun or a failed memory grow) discards the
-//! instance; after a backoff (200 ms doubling to 30 s, reset after 10 s of healthy running)
-//! a fresh one is started from the same compiled component.
+//! Life of an instance: instantiate → `init(config)` → `on-message` for each message and
+//! `on-tick` every tick period. A trap anywhere (including a deadline overrun or a failed
+//! memory grow) discards the instance; after a backoff (200 ms doubling to 30 s, reset after
+//! 10 s of healthy running) a fresh one is started from the same compiled component.
+//!
+//! Stopping (a new version replaced it, or the node shuts down) first lets the instance
+//! handle what is already in its queue, for at most [`DRAIN_BUDGET`]: the router already
+//! sends new messages to the replacement, so a deploy loses nothing in flight.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -19,19 +23,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use wasmtime::Store;
 use wasmtime::component::Component;
-use wedge_broker::LocalPublisher;
 use wedge_shared::Digest;
 use wedge_shared::messages::{ModuleState, ModuleStatus};
 
 use super::bindings;
-use super::host::{HostCounters, HostState};
-use super::{EPOCH_TICK, Runtime};
+use super::host::{HostContext, HostState, Stats};
+use super::{Compiled, EPOCH_TICK, Runtime};
 
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// How often an idle instance thread checks whether it should stop.
 const POLL: Duration = Duration::from_millis(100);
+/// Longest a stopping instance spends on the messages still queued for it.
+pub const DRAIN_BUDGET: Duration = Duration::from_secs(2);
 
 /// A local message for a module.
 #[derive(Debug, Clone)]
@@ -50,13 +55,15 @@ pub struct InstanceConfig {
     pub memory_bytes: usize,
     pub call_timeout: Duration,
     pub queue: usize,
+    /// Period of `on-tick`, if any.
+    pub tick: Option<Duration>,
 }
 
 /// Where the router sends an instance's messages.
 #[derive(Debug, Clone)]
 pub struct Inbox {
     tx: SyncSender<Message>,
-    dropped: Arc<AtomicU64>,
+    stats: Arc<Stats>,
 }
 
 impl Inbox {
@@ -65,18 +72,10 @@ impl Inbox {
         match self.tx.try_send(message) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
-}
-
-/// Counters of one instance.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub handled: AtomicU64,
-    pub guest_errors: AtomicU64,
-    pub host: Arc<HostCounters>,
 }
 
 /// A running (or restarting) module instance.
@@ -85,17 +84,17 @@ pub struct Instance {
     config: InstanceConfig,
     inbox: Inbox,
     status: Arc<Mutex<ModuleStatus>>,
-    counters: Arc<Counters>,
+    stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Instance {
     /// Starts the instance's thread. `changed` is notified whenever its state changes.
-    pub(crate) fn start(
+    pub fn start(
         runtime: Runtime,
-        component: Component,
-        publisher: LocalPublisher,
+        module: &Compiled,
+        host: HostContext,
         config: InstanceConfig,
         changed: Arc<Notify>,
     ) -> std::io::Result<Self> {
@@ -106,17 +105,17 @@ impl Instance {
             state: ModuleState::Starting,
             last_error: None,
             restarts: 0,
+            stats: Default::default(),
         }));
-        let counters = Arc::new(Counters::default());
+        let stats = host.stats.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let supervisor = Supervisor {
             runtime,
-            component,
-            publisher,
+            component: module.component.clone(),
+            host,
             config: config.clone(),
             rx,
             status: status.clone(),
-            counters: counters.clone(),
             stop: stop.clone(),
             changed,
         };
@@ -127,10 +126,10 @@ impl Instance {
             config,
             inbox: Inbox {
                 tx,
-                dropped: Arc::new(AtomicU64::new(0)),
+                stats: stats.clone(),
             },
             status,
-            counters,
+            stats,
             stop,
             thread: Some(thread),
         })
@@ -144,16 +143,14 @@ impl Instance {
         self.inbox.clone()
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.inbox.dropped.load(Ordering::Relaxed)
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     pub fn status(&self) -> ModuleStatus {
-        lock(&self.status).clone()
+        let mut status = lock(&self.status).clone();
+        status.stats = self.stats.snapshot();
+        status
     }
 
     /// Asks the thread to stop after its current call and returns its handle to join.
@@ -180,11 +177,10 @@ fn lock(m: &Mutex<ModuleStatus>) -> std::sync::MutexGuard<'_, ModuleStatus> {
 struct Supervisor {
     runtime: Runtime,
     component: Component,
-    publisher: LocalPublisher,
+    host: HostContext,
     config: InstanceConfig,
     rx: Receiver<Message>,
     status: Arc<Mutex<ModuleStatus>>,
-    counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     changed: Arc<Notify>,
 }
@@ -247,12 +243,7 @@ impl Supervisor {
 
     fn run_once(&self) -> End {
         self.set_state(ModuleState::Starting);
-        let state = HostState::new(
-            self.config.name.as_str().into(),
-            self.publisher.clone(),
-            self.config.memory_bytes,
-            self.counters.host.clone(),
-        );
+        let state = HostState::new(self.host.clone(), self.config.memory_bytes);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
@@ -272,36 +263,95 @@ impl Supervisor {
         }
         self.set_state(ModuleState::Running);
 
+        let mut next_tick = self.config.tick.map(|t| Instant::now() + t);
         loop {
             if self.stop.load(Ordering::Relaxed) {
-                return End::Stopped;
+                return self.drain(&module, &mut store);
             }
-            let msg = match self.rx.recv_timeout(POLL) {
+            if let (Some(at), Some(period)) = (next_tick, self.config.tick)
+                && Instant::now() >= at
+            {
+                let now = Instant::now();
+                // A tick that ran late is not repeated to catch up.
+                next_tick = Some(if at + period > now {
+                    at + period
+                } else {
+                    now + period
+                });
+                store.set_epoch_deadline(self.deadline_ticks());
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                match module.call_on_tick(&mut store, now_ms) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => self.guest_error("tick", &error),
+                    Err(trap) => return End::Failed(format!("trapped on tick: {trap:#}")),
+                }
+            }
+            let wait = next_tick
+                .map(|at| at.saturating_duration_since(Instant::now()).min(POLL))
+                .unwrap_or(POLL);
+            let msg = match self.rx.recv_timeout(wait) {
                 Ok(m) => m,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return End::Stopped,
             };
-            store.set_epoch_deadline(self.deadline_ticks());
-            match module.call_on_message(&mut store, &msg.topic, &msg.payload) {
-                Ok(Ok(())) => {
-                    self.counters.handled.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Err(error)) => {
-                    let n = self.counters.guest_errors.fetch_add(1, Ordering::Relaxed);
-                    if n.is_multiple_of(100) {
-                        tracing::warn!(
-                            module = self.config.name,
-                            topic = msg.topic,
-                            error,
-                            errors = n + 1,
-                            "module returned an error"
-                        );
-                    }
-                }
-                Err(trap) => {
-                    return End::Failed(format!("trapped on message from {}: {trap:#}", msg.topic));
-                }
+            if let Err(end) = self.handle(&module, &mut store, msg) {
+                return end;
             }
         }
+    }
+
+    fn handle(
+        &self,
+        module: &bindings::Module,
+        store: &mut Store<HostState>,
+        msg: Message,
+    ) -> Result<(), End> {
+        store.set_epoch_deadline(self.deadline_ticks());
+        match module.call_on_message(&mut *store, &msg.topic, &msg.payload) {
+            Ok(Ok(())) => {
+                self.host.stats.messages.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(error)) => {
+                self.guest_error(&msg.topic, &error);
+                Ok(())
+            }
+            Err(trap) => Err(End::Failed(format!(
+                "trapped on message from {}: {trap:#}",
+                msg.topic
+            ))),
+        }
+    }
+
+    fn guest_error(&self, source: &str, error: &str) {
+        let n = self.host.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(100) {
+            tracing::warn!(
+                module = self.config.name,
+                source,
+                error,
+                errors = n + 1,
+                "module returned an error"
+            );
+        }
+    }
+
+    /// Handles what is still queued, within [`DRAIN_BUDGET`].
+    fn drain(&self, module: &bindings::Module, store: &mut Store<HostState>) -> End {
+        let until = Instant::now() + DRAIN_BUDGET;
+        while Instant::now() < until {
+            match self.rx.try_recv() {
+                Ok(msg) => {
+                    if self.handle(module, store, msg).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        End::Stopped
     }
 }

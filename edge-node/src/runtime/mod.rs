@@ -14,12 +14,14 @@
 
 pub mod host;
 pub mod instance;
+mod limits;
 
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
+pub use host::{HostContext, Stats};
 pub use instance::{Instance, InstanceConfig, Message};
 
 /// Address space reserved per linear memory up front.
@@ -37,6 +39,18 @@ mod bindings {
 }
 
 pub use bindings::wedge::module::host::Level;
+
+/// A compiled module, ready to instantiate any number of times. Cheap to clone.
+#[derive(Clone)]
+pub struct Compiled {
+    pub(crate) component: Component,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiled")
+    }
+}
 
 /// What went wrong preparing a module.
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +111,10 @@ impl Runtime {
     }
 
     /// Compiles a component (tens of milliseconds: call it off the async runtime).
-    pub(crate) fn compile(&self, bytes: &[u8]) -> Result<Component, Error> {
-        Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))
+    pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, Error> {
+        Component::new(&self.engine, bytes)
+            .map(|component| Compiled { component })
+            .map_err(|e| Error::Compile(format!("{e:#}")))
     }
 
     pub(crate) fn engine(&self) -> &Engine {

@@ -141,6 +141,10 @@ impl Guest for ThresholdAlert {
             }
         })
     }
+
+    fn on_tick(_now_ms: u64) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 export!(ThresholdAlert);

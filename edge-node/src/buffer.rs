@@ -1,0 +1,194 @@
+//! The telemetry buffer: records modules emit, kept on disk until they are delivered.
+//!
+//! Each record gets the next per-node sequence number when it is appended; the sequence
+//! survives restarts (it continues after the highest stored key). The buffer is bounded by
+//! a byte quota: when full, the oldest records are dropped and counted.
+//!
+//! This is the simple first version: durable append, bounds and reads. Delivery to the
+//! control plane with end-to-end acknowledgement builds on it.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use wedge_shared::messages::TelemetryRecord;
+use wedge_shared::topics::validate_id;
+
+/// Largest payload of one record.
+pub const MAX_RECORD_PAYLOAD: usize = 64 * 1024;
+
+/// Why a record was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("record of {size} bytes exceeds the limit of {MAX_RECORD_PAYLOAD}")]
+    TooLarge { size: usize },
+    #[error("stream name {0:?}: letters, digits, '.', '_' and '-' only, 1 to 128 of them")]
+    BadStream(String),
+    #[error("telemetry store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("stored record {seq} is unreadable: {reason}")]
+    Corrupt { seq: u64, reason: String },
+}
+
+#[derive(Debug)]
+struct State {
+    next_seq: u64,
+    bytes: u64,
+}
+
+/// The buffer. Cheap to clone; safe to use from module threads.
+#[derive(Clone)]
+pub struct Buffer {
+    tree: sled::Tree,
+    quota: u64,
+    state: Arc<Mutex<State>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("quota", &self.quota)
+            .finish()
+    }
+}
+
+impl Buffer {
+    pub(crate) fn open(tree: sled::Tree, quota: u64) -> Result<Self, Error> {
+        let next_seq = match tree.last()? {
+            Some((k, _)) => seq_of(&k) + 1,
+            None => 1,
+        };
+        let mut bytes = 0;
+        for item in tree.iter() {
+            let (_, v) = item?;
+            bytes += v.len() as u64;
+        }
+        Ok(Self {
+            tree,
+            quota,
+            state: Arc::new(Mutex::new(State { next_seq, bytes })),
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Appends a record; returns its sequence number.
+    pub fn append(
+        &self,
+        module: &str,
+        stream: &str,
+        ts_ms: u64,
+        payload: &[u8],
+    ) -> Result<u64, Error> {
+        if payload.len() > MAX_RECORD_PAYLOAD {
+            return Err(Error::TooLarge {
+                size: payload.len(),
+            });
+        }
+        if validate_id(stream).is_err() {
+            return Err(Error::BadStream(stream.to_string()));
+        }
+        // One lock orders sequence numbers with their writes.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = state.next_seq;
+        let record = TelemetryRecord {
+            seq,
+            module: module.to_string(),
+            stream: stream.to_string(),
+            ts_ms,
+            payload: payload.to_vec(),
+        };
+        let bytes = wedge_shared::encode(&record);
+        let size = bytes.len() as u64;
+        while state.bytes + size > self.quota {
+            let Some((k, v)) = self.tree.pop_min()? else {
+                break;
+            };
+            let _ = k;
+            state.bytes = state.bytes.saturating_sub(v.len() as u64);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.tree.insert(seq.to_be_bytes(), bytes)?;
+        state.next_seq += 1;
+        state.bytes += size;
+        Ok(seq)
+    }
+
+    /// Up to `limit` records with a sequence number above `after`, in order.
+    pub fn read(&self, after: u64, limit: usize) -> Result<Vec<TelemetryRecord>, Error> {
+        let mut out = Vec::new();
+        for item in self.tree.range((after + 1).to_be_bytes()..).take(limit) {
+            let (k, v) = item?;
+            out.push(wedge_shared::decode(&v).map_err(|e| Error::Corrupt {
+                seq: seq_of(&k),
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// (records, bytes) waiting.
+    pub fn pending(&self) -> (u64, u64) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (self.tree.len() as u64, state.bytes)
+    }
+
+    /// Records dropped to stay within the quota since the node started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[8 - n..].copy_from_slice(&key[key.len() - n..]);
+    u64::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &std::path::Path, quota: u64) -> Buffer {
+        let db = sled::Config::new().path(dir).open().unwrap();
+        Buffer::open(db.open_tree("telemetry").unwrap(), quota).unwrap()
+    }
+
+    #[test]
+    fn sequences_continue_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let b = open(dir.path(), 1 << 20);
+            assert_eq!(b.append("m", "s", 1, b"a").unwrap(), 1);
+            assert_eq!(b.append("m", "s", 2, b"b").unwrap(), 2);
+        }
+        let b = open(dir.path(), 1 << 20);
+        assert_eq!(b.append("m", "s", 3, b"c").unwrap(), 3);
+        let all = b.read(0, 10).unwrap();
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(b.read(2, 10).unwrap()[0].payload, b"c");
+        assert_eq!(b.pending().0, 3);
+    }
+
+    #[test]
+    fn full_buffer_drops_oldest_and_refuses_poison() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open(dir.path(), 400);
+        for i in 0..20u8 {
+            b.append("m", "s", 0, &[i; 40]).unwrap();
+        }
+        assert!(b.dropped() > 0);
+        let (n, bytes) = b.pending();
+        assert!(bytes <= 400 && n < 20);
+        assert_eq!(b.read(0, 100).unwrap().last().unwrap().seq, 20);
+        assert!(matches!(
+            b.append("m", "s", 0, &vec![0; MAX_RECORD_PAYLOAD + 1]),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(matches!(
+            b.append("m", "bad stream", 0, b"x"),
+            Err(Error::BadStream(_))
+        ));
+    }
+}
