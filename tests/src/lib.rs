@@ -129,6 +129,12 @@ impl Node {
         })
     }
 
+    /// Every telemetry record waiting in the node's buffer, in sequence order.
+    pub fn telemetry(&self) -> anyhow::Result<Vec<wedge_shared::messages::TelemetryRecord>> {
+        let running = self.running.as_ref().context("node is stopped")?;
+        Ok(running.buffer().read(0, usize::MAX)?)
+    }
+
     /// Stops the node cleanly (it says goodbye to the control plane).
     pub async fn stop(&mut self) {
         if let Some(r) = self.running.take() {
@@ -206,6 +212,25 @@ impl Api {
             .as_str()
             .map(str::to_string)
             .context("no digest in the upload answer")
+    }
+
+    /// Posts a deployment; fails unless the control plane answers 201.
+    pub async fn deploy(&self, deployment: &Value) -> anyhow::Result<Value> {
+        let (status, body) = self.post_json("/api/v1/deployments", deployment).await?;
+        if status != 201 {
+            bail!("deployment refused: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// The module instance `name` on node `id`, if the node reports it.
+    pub async fn module(&self, id: &str, name: &str) -> Option<Value> {
+        let node = self.node(id).await.ok().flatten()?;
+        node["modules"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
     }
 
     /// One node's JSON, if the control plane knows it.

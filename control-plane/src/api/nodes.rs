@@ -48,6 +48,9 @@ pub struct ModuleStateView {
     pub state: String,
     pub last_error: Option<String>,
     pub restarts: u32,
+    /// Counters since the node started the instance: `messages`, `errors`, `dropped`,
+    /// `published`, `refused`, `emitted`.
+    pub stats: wedge_shared::messages::ModuleStats,
 }
 
 impl From<&NodeRecord> for NodeView {
@@ -77,6 +80,7 @@ impl From<&NodeRecord> for NodeView {
                     state: m.state.as_str().into(),
                     last_error: m.last_error.clone(),
                     restarts: m.restarts,
+                    stats: m.stats.clone(),
                 })
                 .collect(),
         }
