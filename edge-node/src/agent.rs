@@ -256,6 +256,7 @@ impl Agent {
             if let Err(e) = self.store.retain_blobs(&wanted) {
                 tracing::warn!(error = %e, "cannot remove unused blobs");
             }
+            self.runtime.retain_cached(&wanted);
             let names: Vec<String> = desired.modules.iter().map(|m| m.name.clone()).collect();
             if let Err(e) = self.store.retain_kv(&names) {
                 tracing::warn!(error = %e, "cannot remove the stores of removed modules");
@@ -298,10 +299,13 @@ impl Agent {
             ));
         }
         let runtime = self.runtime.clone();
-        let compiled = tokio::task::spawn_blocking(move || runtime.compile(&blob))
+        let digest = spec.digest;
+        let started = Instant::now();
+        let (compiled, source) = tokio::task::spawn_blocking(move || runtime.load(&digest, &blob))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        tracing::info!(module = spec.name, %digest, ?source, took = ?started.elapsed(), "module loaded");
         let kv = self
             .store
             .kv(

@@ -60,7 +60,8 @@ impl App {
         let buffer = store
             .buffer(config.buffer_bytes)
             .context("cannot open the telemetry buffer")?;
-        let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
+        let runtime = Runtime::new(Some(&config.data_dir.join("module-cache")))
+            .context("cannot start the WebAssembly runtime")?;
         let routes = RouteTable::default();
         let (client, session) = uplink::connect(uplink::Settings {
             node_id: config.node_id.clone(),

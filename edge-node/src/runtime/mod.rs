@@ -12,6 +12,7 @@
 //! memory that grows past it move; bounds checks are explicit then, which costs a little
 //! speed and no correctness.
 
+pub mod cache;
 pub mod host;
 pub mod instance;
 mod limits;
@@ -66,6 +67,7 @@ pub enum Error {
 pub struct Runtime {
     engine: Engine,
     linker: std::sync::Arc<Linker<host::HostState>>,
+    cache: Option<cache::Cache>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -75,7 +77,8 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    pub fn new() -> Result<Self, Error> {
+    /// A runtime; compiled modules are cached in `cache_dir` when one is given.
+    pub fn new(cache_dir: Option<&std::path::Path>) -> Result<Self, Error> {
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -104,9 +107,14 @@ impl Runtime {
             })
             .map_err(|e| Error::Engine(e.to_string()))?;
 
+        let cache = cache_dir
+            .map(|dir| cache::Cache::new(dir, &engine))
+            .transpose()
+            .map_err(|e| Error::Engine(format!("cannot create the module cache: {e}")))?;
         Ok(Self {
             engine,
             linker: std::sync::Arc::new(linker),
+            cache,
         })
     }
 
@@ -117,11 +125,75 @@ impl Runtime {
             .map_err(|e| Error::Compile(format!("{e:#}")))
     }
 
+    /// The compiled form of the verified blob `bytes` with digest `digest`: from the cache
+    /// when it holds a loadable entry, otherwise compiled now and cached.
+    pub fn load(
+        &self,
+        digest: &wedge_shared::Digest,
+        bytes: &[u8],
+    ) -> Result<(Compiled, cache::Source), Error> {
+        if let Some(component) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.load(&self.engine, digest))
+        {
+            return Ok((Compiled { component }, cache::Source::Cached));
+        }
+        let compiled = self.compile(bytes)?;
+        if let Some(cache) = &self.cache {
+            cache.store(digest, &compiled.component);
+        }
+        Ok((compiled, cache::Source::Compiled))
+    }
+
+    /// Drops cache entries of modules not in `keep`.
+    pub fn retain_cached(&self, keep: &[wedge_shared::Digest]) {
+        if let Some(cache) = &self.cache {
+            cache.retain(keep);
+        }
+    }
+
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
 
     pub(crate) fn linker(&self) -> &Linker<host::HostState> {
         &self.linker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wedge_shared::Digest;
+
+    #[test]
+    fn cache_hits_after_compile_and_recovers_from_a_bad_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = wedge_modules::bytes("threshold-alert").unwrap();
+        let digest = Digest::of(&bytes);
+        let rt = Runtime::new(Some(dir.path())).unwrap();
+        assert_eq!(rt.load(&digest, &bytes).unwrap().1, cache::Source::Compiled);
+        assert_eq!(rt.load(&digest, &bytes).unwrap().1, cache::Source::Cached);
+
+        // A new runtime (a restart) hits the cache too.
+        let rt = Runtime::new(Some(dir.path())).unwrap();
+        assert_eq!(rt.load(&digest, &bytes).unwrap().1, cache::Source::Cached);
+
+        // A damaged entry is recompiled, and replaced.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+        }
+        assert_eq!(rt.load(&digest, &bytes).unwrap().1, cache::Source::Compiled);
+        assert_eq!(rt.load(&digest, &bytes).unwrap().1, cache::Source::Cached);
+
+        rt.retain_cached(&[]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn garbage_does_not_compile() {
+        let rt = Runtime::new(None).unwrap();
+        assert!(matches!(rt.compile(b"not wasm"), Err(Error::Compile(_))));
     }
 }
