@@ -4,10 +4,10 @@
 //! (at once) or from an overdue heartbeat (the sweeper). Records are kept in memory for
 //! fast reads and written through to the store.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, RwLock};
 
-use wedge_shared::messages::Heartbeat;
+use wedge_shared::messages::{EventKind, Heartbeat, NodeEvent};
 
 use crate::store::{self, Liveness, NodeRecord, Store};
 
@@ -20,10 +20,32 @@ pub struct Seen {
     pub labels_changed: bool,
 }
 
+/// Events kept per node (newest last); older ones are dropped.
+pub const EVENTS_PER_NODE: usize = 200;
+
+/// Something that happened to or on a node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FleetEvent {
+    /// The node came online.
+    Online,
+    /// The node went offline, and why.
+    Offline { reason: String },
+    /// Reported by the node itself.
+    Node(NodeEvent),
+}
+
+/// An event with the control plane's time of receipt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub received_ms: u64,
+    pub event: FleetEvent,
+}
+
 /// The registry. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Fleet {
     nodes: RwLock<HashMap<String, NodeRecord>>,
+    events: Mutex<HashMap<String, VecDeque<EventRecord>>>,
     store: Store,
 }
 
@@ -37,8 +59,47 @@ impl Fleet {
             .collect();
         Ok(Self {
             nodes: RwLock::new(nodes),
+            events: Mutex::new(HashMap::new()),
             store,
         })
+    }
+
+    fn record(&self, id: &str, now_ms: u64, event: FleetEvent) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let ring = events.entry(id.to_string()).or_default();
+        if ring.len() == EVENTS_PER_NODE {
+            ring.pop_front();
+        }
+        ring.push_back(EventRecord {
+            received_ms: now_ms,
+            event,
+        });
+    }
+
+    /// Records an event a node reported; `false` for an unknown node (dropped).
+    pub fn node_event(&self, id: &str, event: NodeEvent, now_ms: u64) -> bool {
+        if !self.read().contains_key(id) {
+            return false;
+        }
+        if let EventKind::ModuleFailed { error } = &event.kind {
+            tracing::info!(node = id, module = ?event.module, error, "module failed on node");
+        }
+        self.record(id, now_ms, FleetEvent::Node(event));
+        true
+    }
+
+    /// The node's recent events, oldest first; `None` for an unknown node.
+    pub fn events(&self, id: &str) -> Option<Vec<EventRecord>> {
+        if !self.read().contains_key(id) {
+            return None;
+        }
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        Some(
+            events
+                .get(id)
+                .map(|r| r.iter().cloned().collect())
+                .unwrap_or_default(),
+        )
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, NodeRecord>> {
@@ -53,6 +114,7 @@ impl Fleet {
     /// Records a heartbeat. A `live` one marks the node online; a retained one (replayed
     /// by the broker when we subscribe) only refreshes what it runs.
     pub fn heartbeat(&self, hb: Heartbeat, live: bool, now_ms: u64) -> store::Result<Seen> {
+        let mut came_online = false;
         let (record, seen) = {
             let mut nodes = self.write();
             let seen;
@@ -87,6 +149,7 @@ impl Fleet {
             };
             if live {
                 if record.liveness != Liveness::Online {
+                    came_online = true;
                     record.liveness = Liveness::Online;
                     record.reason = None;
                     record.since_ms = now_ms;
@@ -101,6 +164,9 @@ impl Fleet {
             record.modules = hb.modules;
             (record.clone(), seen)
         };
+        if came_online {
+            self.record(&record.id, now_ms, FleetEvent::Online);
+        }
         self.store.put_node(&record)?;
         Ok(seen)
     }
@@ -120,6 +186,13 @@ impl Fleet {
             n.since_ms = now_ms;
             n.clone()
         };
+        self.record(
+            id,
+            now_ms,
+            FleetEvent::Offline {
+                reason: reason.to_string(),
+            },
+        );
         self.store.put_node(&record)?;
         tracing::info!(node = id, reason, "node offline");
         Ok(true)
@@ -215,6 +288,52 @@ mod tests {
         assert!(fleet.offline("n1", "last will", 22_000).unwrap());
         assert!(!fleet.offline("n1", "last will", 23_000).unwrap());
         assert!(!fleet.offline("unknown", "last will", 23_000).unwrap());
+
+        let kinds: Vec<FleetEvent> = fleet
+            .events("n1")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                FleetEvent::Online,
+                FleetEvent::Offline {
+                    reason: "heartbeat overdue".into()
+                },
+                FleetEvent::Online,
+                FleetEvent::Offline {
+                    reason: "last will".into()
+                },
+            ]
+        );
+        assert!(fleet.events("unknown").is_none());
+    }
+
+    #[test]
+    fn node_events_are_kept_per_node_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+        let ev = |i: u64| NodeEvent {
+            ts_ms: i,
+            module: Some("m".into()),
+            kind: EventKind::ModuleStarted,
+        };
+        assert!(
+            !fleet.node_event("ghost", ev(0), 0),
+            "unknown nodes are ignored"
+        );
+        fleet.heartbeat(hb("n1", "a"), true, 0).unwrap();
+        for i in 0..(EVENTS_PER_NODE as u64 + 10) {
+            assert!(fleet.node_event("n1", ev(i), i));
+        }
+        let events = fleet.events("n1").unwrap();
+        assert_eq!(events.len(), EVENTS_PER_NODE);
+        assert_eq!(
+            events.last().unwrap().received_ms,
+            EVENTS_PER_NODE as u64 + 9
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wedge_shared::messages::{
-    BLOB_CHUNK_SIZE, BlobChunk, BlobReply, BlobRequest, DesiredState, StatusMessage,
+    BLOB_CHUNK_SIZE, BlobChunk, BlobReply, BlobRequest, DesiredState, NodeEvent, StatusMessage,
 };
 use wedge_shared::topics::{self, NodeTopic};
 use wedge_shared::{DecodeError, decode, encode};
@@ -138,7 +138,8 @@ impl Session {
                     let client = self.client.clone();
                     // Subscribing from this task could wait on the queue this loop drains.
                     tokio::spawn(async move {
-                        for filter in [NodeTopic::Status, NodeTopic::BlobRequest] {
+                        for filter in [NodeTopic::Status, NodeTopic::BlobRequest, NodeTopic::Events]
+                        {
                             if let Err(e) =
                                 client.subscribe(filter.all_nodes(), QoS::AtLeastOnce).await
                             {
@@ -190,6 +191,12 @@ async fn handle_inbound(mut rx: mpsc::Receiver<Inbound>, ctx: Context) {
         let result = match msg.kind {
             NodeTopic::Status => on_status(&ctx, &msg).await,
             NodeTopic::BlobRequest => on_blob_request(&ctx, &msg).await,
+            NodeTopic::Events => {
+                if let Ok(event) = decode_counted::<NodeEvent>(&ctx, &msg) {
+                    ctx.fleet.node_event(&msg.node, event, now_ms());
+                }
+                Ok(())
+            }
             // Our own outbound topics.
             NodeTopic::Desired | NodeTopic::BlobData => Ok(()),
         };

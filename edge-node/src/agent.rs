@@ -22,6 +22,7 @@ use wedge_shared::messages::{
 
 use crate::buffer::Buffer;
 use crate::config::{MIN_MEMORY_BYTES, ModuleLimits};
+use crate::events::EventSink;
 use crate::router::{Route, RouteTable};
 use crate::runtime::{HostContext, Instance, InstanceConfig, Runtime};
 use crate::store::Store;
@@ -44,6 +45,7 @@ pub struct Agent {
     identity: Identity,
     store: Store,
     buffer: Buffer,
+    events: EventSink,
     runtime: Runtime,
     publisher: LocalPublisher,
     routes: RouteTable,
@@ -57,20 +59,34 @@ pub struct Agent {
     fetcher: Fetcher,
 }
 
+/// The parts of the node the agent drives.
+#[derive(Debug)]
+pub struct Wiring {
+    pub store: Store,
+    pub buffer: Buffer,
+    pub events: EventSink,
+    pub runtime: Runtime,
+    pub publisher: LocalPublisher,
+    pub routes: RouteTable,
+    pub uplink: UplinkClient,
+}
+
 impl Agent {
-    pub fn new(
-        identity: Identity,
-        store: Store,
-        buffer: Buffer,
-        runtime: Runtime,
-        publisher: LocalPublisher,
-        routes: RouteTable,
-        uplink: UplinkClient,
-    ) -> Self {
+    pub fn new(identity: Identity, wiring: Wiring) -> Self {
+        let Wiring {
+            store,
+            buffer,
+            events,
+            runtime,
+            publisher,
+            routes,
+            uplink,
+        } = wiring;
         Self {
             identity,
             store,
             buffer,
+            events,
             runtime,
             publisher,
             routes,
@@ -325,6 +341,7 @@ impl Agent {
                 .unwrap_or(defaults.publish_per_sec)
                 .max(1),
             stats: Default::default(),
+            events: self.events.clone(),
         };
         let config = InstanceConfig {
             name: spec.name.clone(),

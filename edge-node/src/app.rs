@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use wedge_broker::EmbeddedBroker;
 use wedge_shared::process::{Lifecycle, Service};
 
-use crate::agent::{Agent, Identity};
+use crate::agent::{Agent, Identity, Wiring};
 use crate::config::Config;
+use crate::events::{self, EventSink};
 use crate::router::{self, RouteTable};
 use crate::runtime::Runtime;
 use crate::store::Store;
@@ -60,6 +61,7 @@ impl App {
         let buffer = store
             .buffer(config.buffer_bytes)
             .context("cannot open the telemetry buffer")?;
+        let (events, events_rx) = EventSink::new();
         let runtime = Runtime::new(Some(&config.data_dir.join("module-cache")))
             .context("cannot start the WebAssembly runtime")?;
         let routes = RouteTable::default();
@@ -77,12 +79,15 @@ impl App {
                 max_module_size: config.max_module_size,
                 limits: config.limits.clone(),
             },
-            store,
-            buffer.clone(),
-            runtime,
-            publisher,
-            routes.clone(),
-            client,
+            Wiring {
+                store,
+                buffer: buffer.clone(),
+                events,
+                runtime,
+                publisher,
+                routes: routes.clone(),
+                uplink: client.clone(),
+            },
         );
         // Routes are in place before the first message is read: nothing is missed.
         agent.boot().await;
@@ -92,6 +97,7 @@ impl App {
         let tracker = lifecycle.tracker();
         let (inbound_tx, inbound_rx) = mpsc::channel(256);
         tracker.spawn(router::run(receiver, routes, shutdown.clone()));
+        tracker.spawn(events::forward(events_rx, client, shutdown.clone()));
         // The agent stops first, then the session says goodbye: the session gets its own
         // token, cancelled when the agent is done.
         let session_stop = CancellationToken::new();

@@ -10,6 +10,7 @@
 //! - [`store`]: the local store (sled): the last desired state and module blobs, so the
 //!   node boots and runs without the uplink; each module's key-value store.
 //! - [`buffer`]: telemetry records modules emit, on disk until delivered.
+//! - [`events`]: module log lines, starts and failures, sent upstream for operators.
 //! - [`runtime`]: wasmtime — engine and limits, the host interface, one supervised thread
 //!   per module instance.
 //! - [`router`]: hands each local broker message to the modules whose subscriptions match.
@@ -25,6 +26,7 @@ pub mod agent;
 pub mod app;
 pub mod buffer;
 pub mod config;
+pub mod events;
 pub mod router;
 pub mod runtime;
 pub mod store;

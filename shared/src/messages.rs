@@ -6,6 +6,7 @@
 //! | [`DesiredState`] | `…/desired` (retained) | control plane → node |
 //! | [`BlobRequest`] | `…/blob/req` | node → control plane |
 //! | [`BlobReply`] | `…/blob/data` | control plane → node |
+//! | [`NodeEvent`] | `…/events` | node → control plane |
 
 use std::collections::BTreeMap;
 
@@ -161,6 +162,27 @@ pub struct TelemetryRecord {
     pub ts_ms: u64,
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+}
+
+/// Something that happened on a node that an operator may want to read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// Milliseconds since the Unix epoch on the node's clock.
+    pub ts_ms: u64,
+    /// The module instance it concerns, if any.
+    pub module: Option<String>,
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A module wrote a log line (`level` is `trace`…`error`).
+    ModuleLog { level: String, message: String },
+    /// A module instance initialised and runs.
+    ModuleStarted,
+    /// A module instance trapped or refused to start; it is restarted with backoff.
+    ModuleFailed { error: String },
 }
 
 /// A node asks for part of a blob.
@@ -374,7 +396,28 @@ mod tests {
             })
     }
 
+    fn node_event() -> impl Strategy<Value = NodeEvent> {
+        let kind = prop_oneof![
+            (".{0,5}", ".{0,30}")
+                .prop_map(|(level, message)| EventKind::ModuleLog { level, message }),
+            Just(EventKind::ModuleStarted),
+            ".{0,30}".prop_map(|error| EventKind::ModuleFailed { error }),
+        ];
+        (any::<u64>(), proptest::option::of(".{0,10}"), kind).prop_map(|(ts_ms, module, kind)| {
+            NodeEvent {
+                ts_ms,
+                module,
+                kind,
+            }
+        })
+    }
+
     proptest! {
+        #[test]
+        fn node_event_round_trip(m in node_event()) {
+            prop_assert_eq!(decode::<NodeEvent>(&encode(&m)), Ok(m));
+        }
+
         #[test]
         fn telemetry_record_round_trip(m in telemetry_record()) {
             prop_assert_eq!(decode::<TelemetryRecord>(&encode(&m)), Ok(m));

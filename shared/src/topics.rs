@@ -14,6 +14,7 @@ pub enum NodeTopic {
     Desired,
     BlobRequest,
     BlobData,
+    Events,
 }
 
 impl NodeTopic {
@@ -23,6 +24,7 @@ impl NodeTopic {
             Self::Desired => "desired",
             Self::BlobRequest => "blob/req",
             Self::BlobData => "blob/data",
+            Self::Events => "events",
         }
     }
 
@@ -49,6 +51,7 @@ pub fn parse(topic: &str) -> Option<(&str, NodeTopic)> {
         NodeTopic::Desired,
         NodeTopic::BlobRequest,
         NodeTopic::BlobData,
+        NodeTopic::Events,
     ]
     .into_iter()
     .find(|k| k.suffix() == suffix)?;
@@ -169,6 +172,7 @@ mod tests {
             NodeTopic::Desired,
             NodeTopic::BlobRequest,
             NodeTopic::BlobData,
+            NodeTopic::Events,
         ] {
             let t = kind.for_node("node-1");
             assert_eq!(parse(&t), Some(("node-1", kind)));

@@ -173,6 +173,36 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
     assert_eq!(good["state"], "running");
     assert_eq!(good["restarts"], 0);
     assert_eq!(good["stats"]["published"].as_u64(), Some(readings as u64));
+
+    // The node's events tell the story: it came online, modules started, one failed,
+    // and the good module's log line made it upstream.
+    let events = wait_for("events reported", DEADLINE, || async {
+        let (status, events) = cp.api.get("/api/v1/nodes/edge/events").await.ok()?;
+        let events = events.as_array()?.clone();
+        let has = |kind: &str, module: Option<&str>| {
+            events
+                .iter()
+                .any(|e| e["kind"] == kind && module.is_none_or(|m| e["module"] == m))
+        };
+        (status == 200
+            && has("node_online", None)
+            && has("module_started", Some("good"))
+            && has("module_failed", Some("trap-message"))
+            && has("module_log", Some("good")))
+        .then_some(events)
+    })
+    .await?;
+    let log = events
+        .iter()
+        .find(|e| e["kind"] == "module_log" && e["module"] == "good")
+        .expect("found above");
+    assert_eq!(log["level"], "info");
+    assert!(
+        log["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("threshold-alert ready")
+    );
     Ok(())
 }
 

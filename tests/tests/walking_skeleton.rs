@@ -206,6 +206,8 @@ async fn api_refuses_bad_input_clearly() -> anyhow::Result<()> {
     let (status, body) = api.get("/api/v1/nodes/ghost").await?;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
+    let (status, _) = api.get("/api/v1/nodes/ghost/events").await?;
+    assert_eq!(status, 404);
     let (status, _) = api.get("/api/v1/nope").await?;
     assert_eq!(status, 404);
     cp.stop().await;

@@ -7,8 +7,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use wedge_shared::messages::EventKind;
+
 use super::AppState;
 use super::error::ApiError;
+use crate::fleet::{EventRecord, FleetEvent};
 use crate::store::{Liveness, NodeRecord};
 use crate::time::rfc3339;
 
@@ -16,6 +19,75 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(list))
         .route("/{id}", get(show))
+        .route("/{id}/events", get(events))
+}
+
+/// An event as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventView {
+    /// When it happened (the node's clock for node-reported events).
+    pub time: String,
+    /// `node_online`, `node_offline`, `module_started`, `module_failed` or `module_log`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// The offline reason, the module's error, or the log line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl From<&EventRecord> for EventView {
+    fn from(r: &EventRecord) -> Self {
+        let at = |ms| rfc3339(ms);
+        match &r.event {
+            FleetEvent::Online => Self {
+                time: at(r.received_ms),
+                kind: "node_online".into(),
+                module: None,
+                level: None,
+                message: None,
+            },
+            FleetEvent::Offline { reason } => Self {
+                time: at(r.received_ms),
+                kind: "node_offline".into(),
+                module: None,
+                level: None,
+                message: Some(reason.clone()),
+            },
+            FleetEvent::Node(e) => {
+                let (kind, level, message) = match &e.kind {
+                    EventKind::ModuleStarted => ("module_started", None, None),
+                    EventKind::ModuleFailed { error } => {
+                        ("module_failed", None, Some(error.clone()))
+                    }
+                    EventKind::ModuleLog { level, message } => {
+                        ("module_log", Some(level.clone()), Some(message.clone()))
+                    }
+                };
+                Self {
+                    time: at(e.ts_ms),
+                    kind: kind.into(),
+                    module: e.module.clone(),
+                    level,
+                    message,
+                }
+            }
+        }
+    }
+}
+
+/// `GET /api/v1/nodes/{id}/events`: the node's recent events, oldest first.
+async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<EventView>>, ApiError> {
+    state
+        .fleet
+        .events(&id)
+        .map(|events| Json(events.iter().map(EventView::from).collect()))
+        .ok_or_else(|| ApiError::not_found(format!("no node with id {id}")))
 }
 
 /// A node as the API shows it.

@@ -12,11 +12,13 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wedge_broker::LocalPublisher;
+use wedge_shared::messages::EventKind;
 use wedge_shared::topics::validate_topic;
 
 use super::bindings::wedge::module::host::{Host, Level};
 use super::limits::TokenBucket;
 use crate::buffer::Buffer;
+use crate::events::EventSink;
 use crate::store::Kv;
 
 /// Topics under these prefixes are the node's own; modules may not publish there.
@@ -62,6 +64,7 @@ pub struct HostContext {
     pub publish_prefixes: Vec<String>,
     pub publish_per_sec: u32,
     pub stats: Arc<Stats>,
+    pub events: EventSink,
 }
 
 /// The store data of one instance.
@@ -189,12 +192,29 @@ impl Host for HostState {
             return;
         }
         let module = &*self.ctx.module;
+        let name = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
         match level {
             Level::Trace => tracing::trace!(module, "{message}"),
             Level::Debug => tracing::debug!(module, "{message}"),
             Level::Info => tracing::info!(module, "{message}"),
             Level::Warn => tracing::warn!(module, "{message}"),
             Level::Error => tracing::error!(module, "{message}"),
+        }
+        // Debug and trace lines stay local: they are for whoever reads the node's log.
+        if matches!(level, Level::Info | Level::Warn | Level::Error) {
+            self.ctx.events.send(
+                Some(module),
+                EventKind::ModuleLog {
+                    level: name.into(),
+                    message,
+                },
+            );
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use wasmtime::Store;
 use wasmtime::component::Component;
 use wedge_shared::Digest;
-use wedge_shared::messages::{ModuleState, ModuleStatus};
+use wedge_shared::messages::{EventKind, ModuleState, ModuleStatus};
 
 use super::bindings;
 use super::host::{HostContext, HostState, Stats};
@@ -200,6 +200,12 @@ impl Supervisor {
                 End::Stopped => return,
                 End::Failed(error) => {
                     tracing::warn!(module = self.config.name, error, retry_in = ?backoff, "module failed");
+                    self.host.events.send(
+                        Some(&self.config.name),
+                        EventKind::ModuleFailed {
+                            error: error.clone(),
+                        },
+                    );
                     {
                         let mut s = lock(&self.status);
                         s.state = ModuleState::Failed;
@@ -262,6 +268,9 @@ impl Supervisor {
             Err(trap) => return End::Failed(format!("trapped in init: {trap:#}")),
         }
         self.set_state(ModuleState::Running);
+        self.host
+            .events
+            .send(Some(&self.config.name), EventKind::ModuleStarted);
 
         let mut next_tick = self.config.tick.map(|t| Instant::now() + t);
         loop {

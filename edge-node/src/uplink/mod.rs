@@ -23,7 +23,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS}
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wedge_shared::messages::{
-    BlobReply, BlobRequest, DesiredState, Heartbeat, Offline, StatusMessage,
+    BlobReply, BlobRequest, DesiredState, Heartbeat, NodeEvent, Offline, StatusMessage,
 };
 use wedge_shared::topics::{self, NodeTopic};
 use wedge_shared::{MAX_MESSAGE_SIZE, decode, encode};
@@ -84,6 +84,10 @@ impl UplinkClient {
 
     pub fn blob_request(&self, req: &BlobRequest) -> bool {
         self.send(NodeTopic::BlobRequest, false, encode(req))
+    }
+
+    pub fn event(&self, event: &NodeEvent) -> bool {
+        self.send(NodeTopic::Events, false, encode(event))
     }
 
     pub fn counters(&self) -> &Counters {
@@ -211,7 +215,7 @@ impl Session {
                             decode::<DesiredState>(&p.payload).map(Inbound::Desired)
                         }
                         NodeTopic::BlobData => decode::<BlobReply>(&p.payload).map(Inbound::Blob),
-                        NodeTopic::Status | NodeTopic::BlobRequest => continue,
+                        NodeTopic::Status | NodeTopic::BlobRequest | NodeTopic::Events => continue,
                     };
                     match inbound {
                         Ok(m) => self.forward(&agent, m),
