@@ -144,6 +144,7 @@ impl Fleet {
                         desired_generation: 0,
                         applied_generation: 0,
                         modules: Vec::new(),
+                        buffer: Default::default(),
                     })
                 }
             };
@@ -162,6 +163,7 @@ impl Fleet {
             record.desired_generation = hb.desired_generation;
             record.applied_generation = hb.applied_generation;
             record.modules = hb.modules;
+            record.buffer = hb.buffer;
             (record.clone(), seen)
         };
         if came_online {
@@ -252,6 +254,7 @@ mod tests {
             desired_generation: 0,
             applied_generation: 0,
             modules: vec![],
+            buffer: Default::default(),
         }
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wedge_shared::messages::{
     BLOB_CHUNK_SIZE, BlobChunk, BlobReply, BlobRequest, DesiredState, NodeEvent, StatusMessage,
+    TelemetryAck, TelemetryBatch,
 };
 use wedge_shared::topics::{self, NodeTopic};
 use wedge_shared::{DecodeError, decode, encode};
@@ -30,12 +31,15 @@ use crate::time::now_ms;
 const MAX_CHUNKS_PER_REQUEST: u32 = 16;
 const INBOUND_QUEUE: usize = 4096;
 
-/// Counters of what went wrong on the wire.
+/// Counters of the session.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub decode_errors: AtomicU64,
     pub dropped_inbound: AtomicU64,
     pub impersonation: AtomicU64,
+    pub telemetry_stored: AtomicU64,
+    pub telemetry_duplicates: AtomicU64,
+    pub telemetry_lost: AtomicU64,
 }
 
 /// Publishes on behalf of the control plane. Cheap to clone.
@@ -53,6 +57,18 @@ impl Publisher {
                 QoS::AtLeastOnce,
                 true,
                 encode(state),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn telemetry_ack(&self, node: &str, ack: &TelemetryAck) -> Result<(), String> {
+        self.client
+            .publish(
+                NodeTopic::TelemetryAck.for_node(node),
+                QoS::AtLeastOnce,
+                false,
+                encode(ack),
             )
             .await
             .map_err(|e| e.to_string())
@@ -138,8 +154,12 @@ impl Session {
                     let client = self.client.clone();
                     // Subscribing from this task could wait on the queue this loop drains.
                     tokio::spawn(async move {
-                        for filter in [NodeTopic::Status, NodeTopic::BlobRequest, NodeTopic::Events]
-                        {
+                        for filter in [
+                            NodeTopic::Status,
+                            NodeTopic::BlobRequest,
+                            NodeTopic::Events,
+                            NodeTopic::Telemetry,
+                        ] {
                             if let Err(e) =
                                 client.subscribe(filter.all_nodes(), QoS::AtLeastOnce).await
                             {
@@ -191,6 +211,7 @@ async fn handle_inbound(mut rx: mpsc::Receiver<Inbound>, ctx: Context) {
         let result = match msg.kind {
             NodeTopic::Status => on_status(&ctx, &msg).await,
             NodeTopic::BlobRequest => on_blob_request(&ctx, &msg).await,
+            NodeTopic::Telemetry => on_telemetry(&ctx, &msg).await,
             NodeTopic::Events => {
                 if let Ok(event) = decode_counted::<NodeEvent>(&ctx, &msg) {
                     ctx.fleet.node_event(&msg.node, event, now_ms());
@@ -198,7 +219,7 @@ async fn handle_inbound(mut rx: mpsc::Receiver<Inbound>, ctx: Context) {
                 Ok(())
             }
             // Our own outbound topics.
-            NodeTopic::Desired | NodeTopic::BlobData => Ok(()),
+            NodeTopic::Desired | NodeTopic::BlobData | NodeTopic::TelemetryAck => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(node = msg.node, error = %e, "inbound message not handled");
@@ -259,6 +280,39 @@ async fn on_status(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Stores a batch durably, then acknowledges everything stored contiguously. A batch from a
+/// node we have never heard a heartbeat from is stored too: its data is not lost for being
+/// early.
+async fn on_telemetry(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
+    let Ok(batch) = decode_counted::<TelemetryBatch>(ctx, msg) else {
+        return Ok(());
+    };
+    let store = ctx.store.clone();
+    let node = msg.node.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || store.ingest_telemetry(&node, &batch)).await??;
+    ctx.counters
+        .telemetry_stored
+        .fetch_add(outcome.stored, Ordering::Relaxed);
+    ctx.counters
+        .telemetry_duplicates
+        .fetch_add(outcome.duplicates, Ordering::Relaxed);
+    if outcome.lost > 0 {
+        ctx.counters
+            .telemetry_lost
+            .fetch_add(outcome.lost, Ordering::Relaxed);
+        tracing::warn!(
+            node = msg.node,
+            lost = outcome.lost,
+            "node dropped telemetry before delivering it"
+        );
+    }
+    ctx.publisher
+        .telemetry_ack(&msg.node, &TelemetryAck { upto: outcome.upto })
+        .await
+        .map_err(anyhow::Error::msg)
 }
 
 async fn on_blob_request(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {

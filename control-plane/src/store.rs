@@ -22,6 +22,23 @@ pub enum Error {
         key: String,
         source: serde_json::Error,
     },
+    #[error("corrupt record {key} in {tree}: {reason}")]
+    CorruptRecord {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+/// What storing a telemetry batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Every record of the node up to here is stored: the acknowledgement.
+    pub upto: u64,
+    pub stored: u64,
+    pub duplicates: u64,
+    /// Sequence numbers given up on because the node no longer has them.
+    pub lost: u64,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -100,6 +117,8 @@ pub struct NodeRecord {
     pub desired_generation: u64,
     pub applied_generation: u64,
     pub modules: Vec<ModuleStatus>,
+    #[serde(default)]
+    pub buffer: wedge_shared::messages::BufferStatus,
 }
 
 /// The desired state last computed for a node.
@@ -114,6 +133,18 @@ const BLOBS: &str = "blobs";
 const DEPLOYMENTS: &str = "deployments";
 const NODES: &str = "nodes";
 const DESIRED: &str = "desired";
+const TELEMETRY: &str = "telemetry";
+const TELEMETRY_MARKS: &str = "telemetry_marks";
+
+/// Key of a node's record: the node id, a 0 byte (ids never contain one), the sequence
+/// number big-endian, so a node's records sort by sequence.
+fn telemetry_key(node: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(node.len() + 9);
+    k.extend_from_slice(node.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 
 /// The control plane's store. Cheap to clone.
 #[derive(Clone)]
@@ -241,6 +272,89 @@ impl Store {
         self.get(DESIRED, node)
     }
 
+    /// Stores a node's batch of telemetry durably and returns the highest sequence number
+    /// up to which every record of the node is stored (the acknowledgement).
+    ///
+    /// Records already stored are left alone (de-duplication by (node, seq)); a record
+    /// re-sent with other content is ignored too: the first write wins. Sequence numbers
+    /// below `first_available` that were never stored were dropped by the node and are
+    /// skipped, so the acknowledgement can move past them.
+    pub fn ingest_telemetry(
+        &self,
+        node: &str,
+        batch: &wedge_shared::messages::TelemetryBatch,
+    ) -> Result<IngestOutcome> {
+        let tree = self.db.open_tree(TELEMETRY)?;
+        let marks = self.db.open_tree(TELEMETRY_MARKS)?;
+        let mut stored = 0u64;
+        let mut duplicates = 0u64;
+        for record in &batch.records {
+            let key = telemetry_key(node, record.seq);
+            let value = wedge_shared::encode(record);
+            match tree.compare_and_swap(key, None as Option<&[u8]>, Some(value))? {
+                Ok(()) => stored += 1,
+                Err(_) => duplicates += 1,
+            }
+        }
+        let mut mark = marks
+            .get(node)?
+            .map(|v| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v[..8.min(v.len())]);
+                u64::from_be_bytes(b)
+            })
+            .unwrap_or(0);
+        let skipped_to = batch.first_available.saturating_sub(1);
+        let mut lost = 0;
+        if mark < skipped_to {
+            lost = skipped_to - mark;
+            mark = skipped_to;
+        }
+        while tree.contains_key(telemetry_key(node, mark + 1))? {
+            mark += 1;
+        }
+        marks.insert(node, &mark.to_be_bytes())?;
+        // Durable before we acknowledge: the node deletes what we acknowledge.
+        self.db.flush()?;
+        Ok(IngestOutcome {
+            upto: mark,
+            stored,
+            duplicates,
+            lost,
+        })
+    }
+
+    /// A node's records with sequence numbers above `after`, in order, optionally of one
+    /// stream only, at most `limit`.
+    pub fn telemetry(
+        &self,
+        node: &str,
+        stream: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<wedge_shared::messages::TelemetryRecord>> {
+        let tree = self.db.open_tree(TELEMETRY)?;
+        let start = telemetry_key(node, after.saturating_add(1));
+        let end = telemetry_key(node, u64::MAX);
+        let mut out = Vec::new();
+        for item in tree.range(start..=end) {
+            let (k, v) = item?;
+            let record: wedge_shared::messages::TelemetryRecord = wedge_shared::decode(&v)
+                .map_err(|e| Error::CorruptRecord {
+                    tree: TELEMETRY,
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: e.to_string(),
+                })?;
+            if stream.is_none_or(|s| s == record.stream) {
+                out.push(record);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes everything buffered to disk.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
@@ -276,6 +390,50 @@ mod tests {
         assert_eq!(store.blob(&m.digest).unwrap().unwrap(), b"blob-a");
         assert_eq!(store.modules().unwrap().len(), 1);
         assert_eq!(store.module("a", "2").unwrap(), None);
+    }
+
+    #[test]
+    fn telemetry_dedupes_and_acknowledges_contiguously() {
+        use wedge_shared::messages::{TelemetryBatch, TelemetryRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rec = |seq: u64| TelemetryRecord {
+            seq,
+            module: "m".into(),
+            stream: if seq.is_multiple_of(2) { "even" } else { "odd" }.into(),
+            ts_ms: seq,
+            payload: seq.to_string().into_bytes(),
+        };
+        let batch = |first_available, seqs: &[u64]| TelemetryBatch {
+            first_available,
+            records: seqs.iter().copied().map(rec).collect(),
+        };
+        let o = store.ingest_telemetry("n1", &batch(1, &[1, 2, 3])).unwrap();
+        assert_eq!((o.upto, o.stored, o.duplicates), (3, 3, 0));
+        // A gap: 5 arrives before 4.
+        let o = store.ingest_telemetry("n1", &batch(1, &[5])).unwrap();
+        assert_eq!(o.upto, 3);
+        // The re-sent batch fills the gap; 5 is a duplicate.
+        let o = store.ingest_telemetry("n1", &batch(1, &[4, 5])).unwrap();
+        assert_eq!((o.upto, o.stored, o.duplicates), (5, 1, 1));
+        // The node dropped 6..=9: the acknowledgement moves past them.
+        let o = store.ingest_telemetry("n1", &batch(10, &[10])).unwrap();
+        assert_eq!((o.upto, o.lost), (10, 4));
+        // Another node's sequence is its own.
+        assert_eq!(
+            store.ingest_telemetry("n2", &batch(1, &[1])).unwrap().upto,
+            1
+        );
+
+        let all = store.telemetry("n1", None, 0, 100).unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 10]
+        );
+        let odd = store.telemetry("n1", Some("odd"), 1, 100).unwrap();
+        assert_eq!(odd.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 5]);
+        assert_eq!(store.telemetry("n1", None, 0, 2).unwrap().len(), 2);
+        assert!(store.telemetry("n3", None, 0, 10).unwrap().is_empty());
     }
 
     #[test]

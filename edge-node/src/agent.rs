@@ -418,18 +418,20 @@ impl Agent {
     }
 
     fn report(&self) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let hb = Heartbeat {
             node_id: self.identity.node_id.clone(),
-            sent_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            sent_at_ms: now_ms,
             arch: std::env::consts::ARCH.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             labels: self.identity.labels.clone(),
             desired_generation: self.desired.as_ref().map_or(0, |d| d.generation),
             applied_generation: self.applied_generation,
             modules: self.modules(),
+            buffer: self.buffer.status(now_ms),
         };
         self.uplink.heartbeat(&hb);
     }

@@ -97,7 +97,7 @@ impl App {
         let tracker = lifecycle.tracker();
         let (inbound_tx, inbound_rx) = mpsc::channel(256);
         tracker.spawn(router::run(receiver, routes, shutdown.clone()));
-        tracker.spawn(events::forward(events_rx, client, shutdown.clone()));
+        tracker.spawn(events::forward(events_rx, client.clone(), shutdown.clone()));
         // The agent stops first, then the session says goodbye: the session gets its own
         // token, cancelled when the agent is done.
         let session_stop = CancellationToken::new();
@@ -107,7 +107,14 @@ impl App {
             agent.run(inbound_rx, agent_shutdown).await;
             agent_done.cancel();
         });
-        tracker.spawn(session.run(inbound_tx, session_stop));
+        let (uploads_tx, uploads_rx) = mpsc::channel(256);
+        tracker.spawn(uplink::upload::run(
+            buffer.clone(),
+            client,
+            uploads_rx,
+            shutdown.clone(),
+        ));
+        tracker.spawn(session.run(inbound_tx, uploads_tx, session_stop));
         tracing::info!(node = config.node_id, local_mqtt = %local_mqtt_addr, control_plane = config.control_plane, "edge node started");
         Ok(Running {
             local_mqtt_addr,

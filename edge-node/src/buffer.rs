@@ -43,6 +43,7 @@ pub struct Buffer {
     quota: u64,
     state: Arc<Mutex<State>>,
     dropped: Arc<AtomicU64>,
+    appended: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Buffer {
@@ -69,6 +70,7 @@ impl Buffer {
             quota,
             state: Arc::new(Mutex::new(State { next_seq, bytes })),
             dropped: Arc::new(AtomicU64::new(0)),
+            appended: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -111,7 +113,80 @@ impl Buffer {
         self.tree.insert(seq.to_be_bytes(), bytes)?;
         state.next_seq += 1;
         state.bytes += size;
+        drop(state);
+        self.appended.notify_one();
         Ok(seq)
+    }
+
+    /// Resolves after the next append (or at once if one happened since the last wait).
+    pub async fn appended(&self) {
+        self.appended.notified().await;
+    }
+
+    /// Deletes every record up to and including `upto` (they are delivered).
+    pub fn delete_upto(&self, upto: u64) -> Result<u64, Error> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut removed = 0;
+        while let Some((k, v)) = self.tree.first()? {
+            if seq_of(&k) > upto {
+                break;
+            }
+            self.tree.remove(&k)?;
+            state.bytes = state.bytes.saturating_sub(v.len() as u64);
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// The lowest sequence number still held (the next one to be assigned when empty).
+    pub fn first_available(&self) -> Result<u64, Error> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match self.tree.first()? {
+            Some((k, _)) => seq_of(&k),
+            None => state.next_seq,
+        })
+    }
+
+    /// Records after `after`, at most `max_records` and about `max_bytes` of encoding
+    /// (at least one record when there is one).
+    pub fn batch(
+        &self,
+        after: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<TelemetryRecord>, Error> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in self.tree.range((after + 1).to_be_bytes()..) {
+            let (k, v) = item?;
+            if !out.is_empty() && (out.len() >= max_records || bytes + v.len() > max_bytes) {
+                break;
+            }
+            bytes += v.len();
+            out.push(wedge_shared::decode(&v).map_err(|e| Error::Corrupt {
+                seq: seq_of(&k),
+                reason: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// The buffer's state for the node's heartbeat.
+    pub fn status(&self, now_ms: u64) -> wedge_shared::messages::BufferStatus {
+        let (pending, bytes) = self.pending();
+        let oldest_age_ms = self
+            .tree
+            .first()
+            .ok()
+            .flatten()
+            .and_then(|(_, v)| wedge_shared::decode::<TelemetryRecord>(&v).ok())
+            .map_or(0, |r| now_ms.saturating_sub(r.ts_ms));
+        wedge_shared::messages::BufferStatus {
+            pending,
+            bytes,
+            oldest_age_ms,
+            dropped: self.dropped(),
+        }
     }
 
     /// Up to `limit` records with a sequence number above `after`, in order.
@@ -169,6 +244,30 @@ mod tests {
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(b.read(2, 10).unwrap()[0].payload, b"c");
         assert_eq!(b.pending().0, 3);
+    }
+
+    #[test]
+    fn batches_and_deletes_what_is_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open(dir.path(), 1 << 20);
+        assert_eq!(b.first_available().unwrap(), 1);
+        for i in 0..10u8 {
+            b.append("m", "s", u64::from(i), &[i; 100]).unwrap();
+        }
+        let batch = b.batch(0, 4, 1 << 20).unwrap();
+        assert_eq!(
+            batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        let small = b.batch(4, 100, 250).unwrap();
+        assert_eq!(small.len(), 1, "byte cap, but never an empty batch");
+        assert_eq!(b.delete_upto(4).unwrap(), 4);
+        assert_eq!(b.first_available().unwrap(), 5);
+        assert_eq!(b.pending().0, 6);
+        assert_eq!(b.status(1_000).oldest_age_ms, 1_000 - 4);
+        b.delete_upto(100).unwrap();
+        assert_eq!(b.first_available().unwrap(), 11);
+        assert_eq!(b.pending(), (0, 0));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! | [`BlobRequest`] | `…/blob/req` | node → control plane |
 //! | [`BlobReply`] | `…/blob/data` | control plane → node |
 //! | [`NodeEvent`] | `…/events` | node → control plane |
+//! | [`TelemetryBatch`] | `…/telemetry` | node → control plane |
+//! | [`TelemetryAck`] | `…/telemetry/ack` | control plane → node |
 
 use std::collections::BTreeMap;
 
@@ -39,6 +41,8 @@ pub struct Heartbeat {
     /// Generation of the desired state the node has fully applied.
     pub applied_generation: u64,
     pub modules: Vec<ModuleStatus>,
+    #[serde(default)]
+    pub buffer: BufferStatus,
 }
 
 /// Why a node went offline.
@@ -185,6 +189,34 @@ pub enum EventKind {
     ModuleFailed { error: String },
 }
 
+/// Buffered records on their way to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryBatch {
+    /// The lowest sequence number the node still holds: anything below it that the control
+    /// plane lacks was dropped by the node (buffer quota or TTL) and will never come.
+    pub first_available: u64,
+    /// Records in increasing sequence order.
+    pub records: Vec<TelemetryRecord>,
+}
+
+/// The control plane has durably stored every record of the node up to `upto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryAck {
+    pub upto: u64,
+}
+
+/// The state of a node's telemetry buffer, as its heartbeat reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferStatus {
+    /// Records waiting for acknowledgement.
+    pub pending: u64,
+    pub bytes: u64,
+    /// Age of the oldest waiting record, milliseconds.
+    pub oldest_age_ms: u64,
+    /// Records dropped (quota) since the node started.
+    pub dropped: u64,
+}
+
 /// A node asks for part of a blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRequest {
@@ -284,6 +316,12 @@ mod tests {
                     desired_generation: dg,
                     applied_generation: ag,
                     modules,
+                    buffer: BufferStatus {
+                        pending: dg,
+                        bytes: ag,
+                        oldest_age_ms: sent_at_ms,
+                        dropped: 7,
+                    },
                 },
             )
     }
@@ -412,7 +450,27 @@ mod tests {
         })
     }
 
+    fn telemetry_batch() -> impl Strategy<Value = TelemetryBatch> {
+        (any::<u64>(), vec(telemetry_record(), 0..4)).prop_map(|(first_available, records)| {
+            TelemetryBatch {
+                first_available,
+                records,
+            }
+        })
+    }
+
     proptest! {
+        #[test]
+        fn telemetry_batch_round_trip(m in telemetry_batch()) {
+            prop_assert_eq!(decode::<TelemetryBatch>(&encode(&m)), Ok(m));
+        }
+
+        #[test]
+        fn telemetry_ack_round_trip(upto in any::<u64>()) {
+            let m = TelemetryAck { upto };
+            prop_assert_eq!(decode::<TelemetryAck>(&encode(&m)), Ok(m));
+        }
+
         #[test]
         fn node_event_round_trip(m in node_event()) {
             prop_assert_eq!(decode::<NodeEvent>(&encode(&m)), Ok(m));

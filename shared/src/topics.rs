@@ -15,6 +15,8 @@ pub enum NodeTopic {
     BlobRequest,
     BlobData,
     Events,
+    Telemetry,
+    TelemetryAck,
 }
 
 impl NodeTopic {
@@ -25,6 +27,8 @@ impl NodeTopic {
             Self::BlobRequest => "blob/req",
             Self::BlobData => "blob/data",
             Self::Events => "events",
+            Self::Telemetry => "telemetry",
+            Self::TelemetryAck => "telemetry/ack",
         }
     }
 
@@ -52,6 +56,8 @@ pub fn parse(topic: &str) -> Option<(&str, NodeTopic)> {
         NodeTopic::BlobRequest,
         NodeTopic::BlobData,
         NodeTopic::Events,
+        NodeTopic::Telemetry,
+        NodeTopic::TelemetryAck,
     ]
     .into_iter()
     .find(|k| k.suffix() == suffix)?;
@@ -173,6 +179,8 @@ mod tests {
             NodeTopic::BlobRequest,
             NodeTopic::BlobData,
             NodeTopic::Events,
+            NodeTopic::Telemetry,
+            NodeTopic::TelemetryAck,
         ] {
             let t = kind.for_node("node-1");
             assert_eq!(parse(&t), Some(("node-1", kind)));

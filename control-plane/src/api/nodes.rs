@@ -20,6 +20,83 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(list))
         .route("/{id}", get(show))
         .route("/{id}/events", get(events))
+        .route("/{id}/telemetry", get(telemetry))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TelemetryQuery {
+    stream: Option<String>,
+    #[serde(default)]
+    after_seq: u64,
+    limit: Option<usize>,
+}
+
+/// Most records one telemetry query returns.
+const MAX_TELEMETRY_LIMIT: usize = 10_000;
+
+/// A stored telemetry record. The payload is JSON when it parses as JSON, otherwise a
+/// string when it is UTF-8, otherwise base64 in `payload_base64`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TelemetryView {
+    pub seq: u64,
+    pub stream: String,
+    pub module: String,
+    pub timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+impl From<wedge_shared::messages::TelemetryRecord> for TelemetryView {
+    fn from(r: wedge_shared::messages::TelemetryRecord) -> Self {
+        let (payload, payload_base64) = match serde_json::from_slice(&r.payload) {
+            Ok(v) => (Some(v), None),
+            Err(_) => match String::from_utf8(r.payload) {
+                Ok(s) => (Some(serde_json::Value::String(s)), None),
+                Err(e) => {
+                    use base64::Engine as _;
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(e.as_bytes());
+                    (None, Some(b64))
+                }
+            },
+        };
+        Self {
+            seq: r.seq,
+            stream: r.stream,
+            module: r.module,
+            timestamp: rfc3339(r.ts_ms),
+            payload,
+            payload_base64,
+        }
+    }
+}
+
+/// `GET /api/v1/nodes/{id}/telemetry?stream=S&after_seq=N&limit=L`: stored records in
+/// sequence order.
+async fn telemetry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<TelemetryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<TelemetryView>>, ApiError> {
+    let axum::extract::Query(q) = query?;
+    if state.fleet.get(&id).is_none() {
+        return Err(ApiError::not_found(format!("no node with id {id}")));
+    }
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_TELEMETRY_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_TELEMETRY_LIMIT}"
+        )));
+    }
+    let store = state.store.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        store.telemetry(&id, q.stream.as_deref(), q.after_seq, limit)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(Json(records.into_iter().map(TelemetryView::from).collect()))
 }
 
 /// An event as the API shows it.
@@ -109,6 +186,8 @@ pub struct NodeView {
     pub desired_generation: u64,
     pub applied_generation: u64,
     pub modules: Vec<ModuleStateView>,
+    /// The node's telemetry backlog: `pending` records, `bytes`, `oldest_age_ms`, `dropped`.
+    pub telemetry: wedge_shared::messages::BufferStatus,
 }
 
 /// A module instance on a node.
@@ -143,6 +222,7 @@ impl From<&NodeRecord> for NodeView {
             version: n.version.clone(),
             desired_generation: n.desired_generation,
             applied_generation: n.applied_generation,
+            telemetry: n.buffer.clone(),
             modules: n
                 .modules
                 .iter()

@@ -14,6 +14,7 @@
 //!   full (link down), a heartbeat or request is skipped and sent again later.
 
 pub mod fetch;
+pub mod upload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wedge_shared::messages::{
     BlobReply, BlobRequest, DesiredState, Heartbeat, NodeEvent, Offline, StatusMessage,
+    TelemetryAck, TelemetryBatch,
 };
 use wedge_shared::topics::{self, NodeTopic};
 use wedge_shared::{MAX_MESSAGE_SIZE, decode, encode};
@@ -84,6 +86,10 @@ impl UplinkClient {
 
     pub fn blob_request(&self, req: &BlobRequest) -> bool {
         self.send(NodeTopic::BlobRequest, false, encode(req))
+    }
+
+    pub fn telemetry(&self, batch: &TelemetryBatch) -> bool {
+        self.send(NodeTopic::Telemetry, false, encode(batch))
     }
 
     pub fn event(&self, event: &NodeEvent) -> bool {
@@ -170,7 +176,12 @@ fn jittered(base: Duration) -> Duration {
 impl Session {
     /// Runs until `shutdown`, then says goodbye (a retained graceful offline) and
     /// disconnects.
-    pub async fn run(mut self, agent: mpsc::Sender<Inbound>, shutdown: CancellationToken) {
+    pub async fn run(
+        mut self,
+        agent: mpsc::Sender<Inbound>,
+        uploads: mpsc::Sender<upload::UploadEvent>,
+        shutdown: CancellationToken,
+    ) {
         let node = self.settings.node_id.clone();
         let mut backoff = Duration::from_millis(100);
         let mut connected = false;
@@ -192,7 +203,11 @@ impl Session {
                     let node = node.clone();
                     // Subscribing from this task could wait on the queue this loop drains.
                     tokio::spawn(async move {
-                        for kind in [NodeTopic::Desired, NodeTopic::BlobData] {
+                        for kind in [
+                            NodeTopic::Desired,
+                            NodeTopic::BlobData,
+                            NodeTopic::TelemetryAck,
+                        ] {
                             if let Err(e) = client
                                 .subscribe(kind.for_node(&node), QoS::AtLeastOnce)
                                 .await
@@ -202,6 +217,8 @@ impl Session {
                         }
                     });
                     self.forward(&agent, Inbound::Connected);
+                    // Acks and connection changes are small and rare; the uploader keeps up.
+                    let _ = uploads.try_send(upload::UploadEvent::Connected);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let Some((to, kind)) = topics::parse(&p.topic) else {
@@ -210,12 +227,28 @@ impl Session {
                     if to != node {
                         continue;
                     }
+                    if kind == NodeTopic::TelemetryAck {
+                        match decode::<TelemetryAck>(&p.payload) {
+                            Ok(ack) => {
+                                let _ = uploads.try_send(upload::UploadEvent::Ack(ack.upto));
+                            }
+                            Err(e) => {
+                                self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(error = %e, "undecodable telemetry ack");
+                            }
+                        }
+                        continue;
+                    }
                     let inbound = match kind {
                         NodeTopic::Desired => {
                             decode::<DesiredState>(&p.payload).map(Inbound::Desired)
                         }
                         NodeTopic::BlobData => decode::<BlobReply>(&p.payload).map(Inbound::Blob),
-                        NodeTopic::Status | NodeTopic::BlobRequest | NodeTopic::Events => continue,
+                        NodeTopic::Status
+                        | NodeTopic::BlobRequest
+                        | NodeTopic::Events
+                        | NodeTopic::Telemetry
+                        | NodeTopic::TelemetryAck => continue,
                     };
                     match inbound {
                         Ok(m) => self.forward(&agent, m),
@@ -230,6 +263,7 @@ impl Session {
                     if connected {
                         self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                         connected = false;
+                        let _ = uploads.try_send(upload::UploadEvent::Disconnected);
                     }
                     let wait = jittered(backoff);
                     tracing::warn!(error = %e, retry_in = ?wait, "control plane unreachable");
