@@ -43,8 +43,11 @@ impl App {
         let (cp_host, cp_port) = config.control_plane_addr()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-        let store = Store::open(&config.data_dir.join("store"))
-            .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+        let store =
+            Store::open_with_flush(&config.data_dir.join("store"), config.flush_interval_ms)
+                .with_context(|| {
+                    format!("cannot open the store in {}", config.data_dir.display())
+                })?;
 
         let broker_cfg = wedge_broker::Config::new(config.local_mqtt_listen);
         let link_id = format!("wedge-node-{}", config.node_id);

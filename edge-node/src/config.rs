@@ -32,6 +32,8 @@ pub struct Config {
     /// Bytes of telemetry kept on disk while it waits for delivery; beyond it the oldest
     /// records are dropped and counted.
     pub buffer_bytes: u64,
+    /// Group commit: what a module emits is on disk within this many milliseconds.
+    pub flush_interval_ms: u64,
     pub limits: ModuleLimits,
 }
 
@@ -78,6 +80,7 @@ impl Default for Config {
             keep_alive_secs: 5,
             max_module_size: 16 * 1024 * 1024,
             buffer_bytes: 64 * 1024 * 1024,
+            flush_interval_ms: 10,
             limits: ModuleLimits::default(),
         }
     }

@@ -34,11 +34,19 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// Opens the store with sled's background flush every 10 ms.
     pub fn open(dir: &Path) -> Result<Self, Error> {
+        Self::open_with_flush(dir, 10)
+    }
+
+    /// Opens the store; everything written is on disk within `flush_ms` milliseconds
+    /// (group commit: one fsync covers every write of the interval).
+    pub fn open_with_flush(dir: &Path, flush_ms: u64) -> Result<Self, Error> {
         let db = sled::Config::new()
             .path(dir)
             // sled's default cache is 1 GB; small devices cannot spare that.
             .cache_capacity(16 * 1024 * 1024)
+            .flush_every_ms(Some(flush_ms.max(1)))
             .open()?;
         let blobs = db.open_tree("blobs")?;
         Ok(Self { db, blobs })

@@ -17,6 +17,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 pub mod demo;
+pub mod process;
+pub mod proxy;
 
 /// Polls `check` every 50 ms until it yields `Some`, or fails after `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
@@ -285,6 +287,16 @@ pub struct Device {
     pub client: AsyncClient,
     messages: mpsc::Receiver<(String, Vec<u8>)>,
     task: tokio::task::JoinHandle<()>,
+    counts: std::sync::Arc<Counts>,
+}
+
+/// What a device's connection has seen.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// CONNACKs: 1 after the first connect, +1 per reconnect.
+    pub connacks: std::sync::atomic::AtomicU64,
+    /// PUBACKs of its QoS 1 publishes.
+    pub pubacks: std::sync::atomic::AtomicU64,
 }
 
 impl Device {
@@ -308,7 +320,8 @@ impl Device {
         let (tx, rx) = mpsc::channel(4096);
         let (ready_tx, mut ready_rx) = mpsc::channel(1);
         let want = filters.len();
-        let task = tokio::spawn(drive(eventloop, tx, ready_tx, want));
+        let counts = std::sync::Arc::new(Counts::default());
+        let task = tokio::spawn(drive(eventloop, tx, ready_tx, want, counts.clone()));
         tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
             .await
             .context("no SUBACK from the local broker within 10 s")?
@@ -317,7 +330,13 @@ impl Device {
             client,
             messages: rx,
             task,
+            counts,
         })
+    }
+
+    /// What the connection has seen so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     pub async fn publish(&self, topic: &str, payload: &[u8]) -> anyhow::Result<()> {
@@ -347,7 +366,9 @@ async fn drive(
     tx: mpsc::Sender<(String, Vec<u8>)>,
     ready: mpsc::Sender<()>,
     mut subacks_wanted: usize,
+    counts: std::sync::Arc<Counts>,
 ) {
+    use std::sync::atomic::Ordering;
     if subacks_wanted == 0 {
         let _ = ready.try_send(());
     }
@@ -359,8 +380,14 @@ async fn drive(
                     let _ = ready.try_send(());
                 }
             }
-            Ok(Event::Incoming(Packet::ConnAck(_))) if subacks_wanted == 0 => {
-                let _ = ready.try_send(());
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                counts.connacks.fetch_add(1, Ordering::SeqCst);
+                if subacks_wanted == 0 {
+                    let _ = ready.try_send(());
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                counts.pubacks.fetch_add(1, Ordering::SeqCst);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if tx

@@ -1,0 +1,93 @@
+//! The real binaries as child processes, for tests that kill them.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The path of a workspace binary built next to the running test executable.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("unexpected test executable path {}", exe.display()))?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A free loopback port (for processes that must come back on the same one).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
+        cmd.env("RUST_LOG", "warn,rumqttd=off")
+            .stdin(Stdio::null())
+            // Logs (on stdout) show up in the test's output: warnings only.
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        Ok(Self {
+            child: cmd.spawn()?,
+        })
+    }
+
+    /// `wedge-control` with its API and broker on the given loopback ports.
+    pub fn control_plane(
+        data_dir: &Path,
+        api: SocketAddr,
+        mqtt: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(binary("wedge-control")?);
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .arg("--api-listen")
+            .arg(api.to_string())
+            .arg("--mqtt-listen")
+            .arg(mqtt.to_string());
+        Self::spawn(cmd)
+    }
+
+    /// `wedge-node` with its local broker on `local`.
+    pub fn node(
+        id: &str,
+        data_dir: &Path,
+        control_plane: SocketAddr,
+        local: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(binary("wedge-node")?);
+        cmd.args(["--node-id", id])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--control-plane")
+            .arg(format!("mqtt://{control_plane}"))
+            .arg("--local-mqtt-listen")
+            .arg(local.to_string());
+        Self::spawn(cmd)
+    }
+
+    /// SIGKILL: no goodbye, no flush.
+    pub fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
