@@ -44,26 +44,31 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let mut device = Device::connect(node.local_mqtt_addr, "bench-device", &["alerts/#"]).await?;
 
-    let mut samples = Vec::with_capacity(ROUNDS);
-    for i in 0..(WARMUP + ROUNDS) {
-        let start = Instant::now();
-        device.publish("sensors/t", b"99").await?;
-        device.recv(Duration::from_secs(10)).await?;
-        if i >= WARMUP {
-            samples.push(start.elapsed());
+    for qos in [rumqttc::QoS::AtMostOnce, rumqttc::QoS::AtLeastOnce] {
+        let mut samples = Vec::with_capacity(ROUNDS);
+        for i in 0..(WARMUP + ROUNDS) {
+            let start = Instant::now();
+            device
+                .client
+                .publish("sensors/t", qos, false, b"99".to_vec())
+                .await?;
+            device.recv(Duration::from_secs(10)).await?;
+            if i >= WARMUP {
+                samples.push(start.elapsed());
+            }
         }
+        samples.sort_unstable();
+        println!(
+            "local round trip, device → broker → threshold-alert → broker → device, readings at {qos:?} ({ROUNDS} sequential):"
+        );
+        println!(
+            "  median {:?}  p90 {:?}  p99 {:?}  min {:?}",
+            percentile(&samples, 0.5),
+            percentile(&samples, 0.9),
+            percentile(&samples, 0.99),
+            samples[0]
+        );
     }
-    samples.sort_unstable();
-    println!(
-        "local round trip, device → broker → threshold-alert → broker → device ({ROUNDS} sequential readings):"
-    );
-    println!(
-        "  median {:?}  p90 {:?}  p99 {:?}  min {:?}",
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.9),
-        percentile(&samples, 0.99),
-        samples[0]
-    );
 
     // Memory with many instances (the whole test process: control plane and node).
     let (rss0, vsz0) = (proc_status("VmRSS:"), proc_status("VmSize:"));
