@@ -63,7 +63,7 @@ impl Default for ModuleLimits {
             call_timeout_ms: 1000,
             queue: 1024,
             kv_bytes: 1024 * 1024,
-            publish_per_sec: 1000,
+            publish_per_sec: 10_000,
         }
     }
 }

@@ -37,6 +37,8 @@ async fn main() -> anyhow::Result<()> {
             "nodes": ["bench"],
             "subscriptions": ["sensors/#"],
             "config": {"threshold": 50, "alert_topic": "alerts/temp"},
+            // Sequential round trips run faster than the default publish rate limit.
+            "limits": {"publish_per_sec": 1_000_000},
         }))
         .await?;
     cp.api

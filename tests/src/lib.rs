@@ -102,6 +102,25 @@ impl Node {
         Self::start_with_listen(cp, id, labels, "127.0.0.1:0".parse()?).await
     }
 
+    /// Starts a node from a full configuration (its data dir is replaced by a fresh one).
+    pub async fn start_with_config(mut config: wedge_edge_node::Config) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        config.data_dir = dir.path().to_path_buf();
+        let id = config.node_id.clone();
+        let running = wedge_edge_node::App::start(config).await?;
+        Ok(Self {
+            id,
+            local_mqtt_addr: running.local_mqtt_addr(),
+            running: Some(running),
+            _dir: dir,
+        })
+    }
+
+    /// The node's telemetry buffer.
+    pub fn buffer(&self) -> anyhow::Result<&wedge_edge_node::buffer::Buffer> {
+        Ok(self.running.as_ref().context("node is stopped")?.buffer())
+    }
+
     /// Like [`Node::start`], with the local broker on `listen`.
     pub async fn start_with_listen(
         cp: &ControlPlane,
