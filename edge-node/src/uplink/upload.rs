@@ -19,9 +19,9 @@ use crate::uplink::UplinkClient;
 /// Batches sent and not yet acknowledged, at most.
 pub const MAX_IN_FLIGHT: usize = 4;
 /// Records in one batch, at most.
-pub const BATCH_RECORDS: usize = 1000;
+pub const BATCH_RECORDS: usize = 5000;
 /// Encoded bytes in one batch, about (well below the uplink's packet limit).
-pub const BATCH_BYTES: usize = 256 * 1024;
+pub const BATCH_BYTES: usize = 512 * 1024;
 /// An acknowledgement later than this makes the node send again from the last one.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
