@@ -244,6 +244,19 @@ impl Api {
         Ok(body)
     }
 
+    /// Telemetry the control plane stored for node `id` (of `stream`, if given), in order.
+    pub async fn telemetry(&self, id: &str, stream: Option<&str>) -> anyhow::Result<Vec<Value>> {
+        let mut path = format!("/api/v1/nodes/{id}/telemetry?limit=10000");
+        if let Some(s) = stream {
+            path.push_str(&format!("&stream={s}"));
+        }
+        let (status, body) = self.get(&path).await?;
+        if status != 200 {
+            bail!("telemetry query failed: {status} {body}");
+        }
+        Ok(body.as_array().cloned().unwrap_or_default())
+    }
+
     /// The module instance `name` on node `id`, if the node reports it.
     pub async fn module(&self, id: &str, name: &str) -> Option<Value> {
         let node = self.node(id).await.ok().flatten()?;

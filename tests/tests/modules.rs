@@ -300,31 +300,27 @@ async fn example_modules_do_their_jobs() -> anyhow::Result<()> {
     })
     .await?;
 
+    // What modules emit reaches the control plane (the node deletes it once stored).
     let forwarded = wait_for("five forwarded records", DEADLINE, || async {
-        let raw: Vec<Vec<u8>> = node
-            .telemetry()
-            .ok()?
-            .into_iter()
-            .filter(|r| r.module == "fw" && r.stream == "raw")
-            .map(|r| r.payload)
-            .collect();
+        let raw = api.telemetry("edge", Some("raw")).await.ok()?;
         (raw.len() >= 5).then_some(raw)
     })
     .await?;
-    let expected: Vec<Vec<u8>> = (0..10)
-        .step_by(2)
-        .map(|i| format!("m{i}").into_bytes())
+    let payloads: Vec<&str> = forwarded
+        .iter()
+        .filter_map(|r| r["payload"].as_str())
         .collect();
-    assert_eq!(forwarded, expected);
+    assert_eq!(payloads, ["m0", "m2", "m4", "m6", "m8"]);
+    assert!(forwarded.iter().all(|r| r["module"] == "fw"));
 
     // A reading may land either side of a window boundary: add the windows up.
     let windows = wait_for("window stats covering three readings", DEADLINE, || async {
-        let ws: Vec<Value> = node
-            .telemetry()
+        let ws: Vec<Value> = api
+            .telemetry("edge", Some("window-stats"))
+            .await
             .ok()?
             .into_iter()
-            .filter(|r| r.module == "ws")
-            .filter_map(|r| serde_json::from_slice(&r.payload).ok())
+            .map(|r| r["payload"].clone())
             .collect();
         let count: u64 = ws.iter().filter_map(|w| w["count"].as_u64()).sum();
         (count >= 3).then_some(ws)
@@ -379,36 +375,36 @@ async fn redeploy_loses_no_message_in_flight() -> anyhow::Result<()> {
         anyhow::Ok((device, sent))
     });
     wait_for("some messages forwarded", DEADLINE, || async {
-        (node.telemetry().ok()?.len() >= 20).then_some(())
+        (api.telemetry("edge", None).await.ok()?.len() >= 20).then_some(())
     })
     .await?;
     // Swap the module (new config → new instance) while messages flow.
     api.deploy(&fw("after")).await?;
     wait_for("the new version forwarding", DEADLINE, || async {
-        let r = node.telemetry().ok()?;
-        r.iter().filter(|r| r.stream == "after").nth(20).map(drop)
+        let after = api.telemetry("edge", Some("after")).await.ok()?;
+        (after.len() > 20).then_some(())
     })
     .await?;
     stop.cancel();
     let (_device, total) = publisher.await??;
 
     let records = wait_for("every message forwarded", DEADLINE, || async {
-        let r = node.telemetry().ok()?;
+        let r = api.telemetry("edge", None).await.ok()?;
         (r.len() >= total as usize).then_some(r)
     })
     .await?;
-    let mut seen: Vec<u32> = records
+    let mut seen: Vec<u64> = records
         .iter()
-        .filter_map(|r| std::str::from_utf8(&r.payload).ok()?.parse().ok())
+        .filter_map(|r| r["payload"].as_u64())
         .collect();
     seen.sort_unstable();
     assert_eq!(
         seen,
-        (0..total).collect::<Vec<_>>(),
+        (0..u64::from(total)).collect::<Vec<_>>(),
         "each message exactly once"
     );
     assert!(
-        records.iter().any(|r| r.stream == "after"),
+        records.iter().any(|r| r["stream"] == "after"),
         "the new version took over"
     );
     Ok(())
