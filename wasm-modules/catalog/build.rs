@@ -38,10 +38,15 @@ fn main() {
         .unwrap_or_else(|| workspace.join("target").join("wasm-modules"));
 
     println!("cargo:rerun-if-env-changed=WEDGE_WASM_TARGET_DIR");
-    println!(
-        "cargo:rerun-if-changed={}",
-        modules_dir.join("wit").display()
-    );
+    // The guests' sources, their shared helpers, their interface and their locked deps.
+    for path in [
+        modules_dir.join("wit"),
+        modules_dir.join("guest-kit").join("src"),
+        modules_dir.join("guest-kit").join("Cargo.toml"),
+        workspace.join("Cargo.lock"),
+    ] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
     for m in MODULES {
         println!(
             "cargo:rerun-if-changed={}",

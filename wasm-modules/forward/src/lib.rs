@@ -44,11 +44,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(config_json: &str) -> Result<Self, String> {
-        let config: Config = if config_json.trim().is_empty() {
-            Config::default()
-        } else {
-            serde_json::from_str(config_json).map_err(|e| format!("invalid config: {e}"))?
-        };
+        let config: Config = wedge_guest_kit::config(config_json)?;
         if config.sample == 0 {
             return Err("invalid config: sample must be at least 1".into());
         }

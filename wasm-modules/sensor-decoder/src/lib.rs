@@ -97,11 +97,7 @@ struct Decoder;
 
 impl Guest for Decoder {
     fn init(config: String) -> Result<(), String> {
-        let config: Config = if config.trim().is_empty() {
-            Config::default()
-        } else {
-            serde_json::from_str(&config).map_err(|e| format!("invalid config: {e}"))?
-        };
+        let config: Config = wedge_guest_kit::config(&config)?;
         if config.output_prefix.is_empty() || config.output_prefix.contains(['+', '#']) {
             return Err("invalid config: output_prefix must be a topic without wildcards".into());
         }

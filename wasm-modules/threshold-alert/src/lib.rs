@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 
 use serde::Deserialize;
+use wedge_guest_kit::reading;
 
 wit_bindgen::generate!({
     path: "../wit",
@@ -85,16 +86,6 @@ impl Detector {
         } else {
             Outcome::Normal
         }
-    }
-}
-
-/// The numeric reading in a payload, if it is one.
-fn reading(payload: &[u8]) -> Option<f64> {
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    match &value {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::Object(map) => map.get("value")?.as_f64(),
-        _ => None,
     }
 }
 

@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 
 use serde::Deserialize;
+use wedge_guest_kit::reading;
 
 wit_bindgen::generate!({
     path: "../wit",
@@ -89,15 +90,6 @@ impl Window {
     }
 }
 
-fn reading(payload: &[u8]) -> Option<f64> {
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    match &value {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::Object(map) => map.get("value")?.as_f64(),
-        _ => None,
-    }
-}
-
 thread_local! {
     static STATE: RefCell<Option<(Config, Window)>> = const { RefCell::new(None) };
 }
@@ -106,11 +98,7 @@ struct WindowStats;
 
 impl Guest for WindowStats {
     fn init(config: String) -> Result<(), String> {
-        let config: Config = if config.trim().is_empty() {
-            Config::default()
-        } else {
-            serde_json::from_str(&config).map_err(|e| format!("invalid config: {e}"))?
-        };
+        let config: Config = wedge_guest_kit::config(&config)?;
         STATE.with(|s| *s.borrow_mut() = Some((config, Window::default())));
         Ok(())
     }

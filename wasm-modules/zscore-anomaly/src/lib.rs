@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 
 use serde::Deserialize;
+use wedge_guest_kit::reading;
 
 wit_bindgen::generate!({
     path: "../wit",
@@ -89,15 +90,6 @@ pub fn parse_config(json: &str) -> Result<Config, String> {
         return Err("invalid config: alert_topic must be a topic name without wildcards".into());
     }
     Ok(config)
-}
-
-fn reading(payload: &[u8]) -> Option<f64> {
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    match &value {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::Object(map) => map.get("value")?.as_f64(),
-        _ => None,
-    }
 }
 
 thread_local! {
