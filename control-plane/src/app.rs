@@ -93,6 +93,12 @@ impl App {
             config.heartbeat_timeout(),
             shutdown.clone(),
         ));
+        tracker.spawn(retention(
+            store.clone(),
+            Duration::from_secs(config.telemetry_retention_secs),
+            config.telemetry_max_bytes,
+            shutdown.clone(),
+        ));
 
         let app = api::router(AppState {
             store: store.clone(),
@@ -128,6 +134,25 @@ async fn sweep(fleet: Arc<Fleet>, timeout: Duration, shutdown: CancellationToken
         }
         if let Err(e) = fleet.sweep(now_ms(), timeout.as_millis() as u64) {
             tracing::warn!(error = %e, "offline sweep failed");
+        }
+    }
+}
+
+/// Deletes telemetry past its retention, once a minute.
+async fn retention(store: Store, age: Duration, max_bytes: u64, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.prune_telemetry(cutoff, max_bytes)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(deleted = n, "telemetry retention"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "telemetry retention failed"),
+            Err(e) => tracing::warn!(error = %e, "telemetry retention task failed"),
         }
     }
 }

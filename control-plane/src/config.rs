@@ -24,6 +24,10 @@ pub struct Config {
     pub max_module_size: usize,
     /// Largest MQTT payload the broker accepts.
     pub mqtt_max_payload: usize,
+    /// Telemetry older than this is deleted.
+    pub telemetry_retention_secs: u64,
+    /// When stored telemetry exceeds this, the oldest records are deleted.
+    pub telemetry_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -35,6 +39,8 @@ impl Default for Config {
             heartbeat_timeout_secs: 15,
             max_module_size: 16 * 1024 * 1024,
             mqtt_max_payload: 1024 * 1024,
+            telemetry_retention_secs: 7 * 24 * 3600,
+            telemetry_max_bytes: 1024 * 1024 * 1024,
         }
     }
 }

@@ -136,6 +136,13 @@ const DESIRED: &str = "desired";
 const TELEMETRY: &str = "telemetry";
 const TELEMETRY_MARKS: &str = "telemetry_marks";
 
+fn mark_of(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[..n].copy_from_slice(&v[..n]);
+    u64::from_be_bytes(b)
+}
+
 /// Key of a node's record: the node id, a 0 byte (ids never contain one), the sequence
 /// number big-endian, so a node's records sort by sequence.
 fn telemetry_key(node: &str, seq: u64) -> Vec<u8> {
@@ -288,7 +295,13 @@ impl Store {
         let marks = self.db.open_tree(TELEMETRY_MARKS)?;
         let mut stored = 0u64;
         let mut duplicates = 0u64;
+        let mut mark = marks.get(node)?.map_or(0, |v| mark_of(&v));
         for record in &batch.records {
+            // At or below the mark: stored before (and perhaps pruned by retention since).
+            if record.seq <= mark {
+                duplicates += 1;
+                continue;
+            }
             let key = telemetry_key(node, record.seq);
             let value = wedge_shared::encode(record);
             match tree.compare_and_swap(key, None as Option<&[u8]>, Some(value))? {
@@ -296,14 +309,6 @@ impl Store {
                 Err(_) => duplicates += 1,
             }
         }
-        let mut mark = marks
-            .get(node)?
-            .map(|v| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&v[..8.min(v.len())]);
-                u64::from_be_bytes(b)
-            })
-            .unwrap_or(0);
         let skipped_to = batch.first_available.saturating_sub(1);
         let mut lost = 0;
         if mark < skipped_to {
@@ -322,6 +327,64 @@ impl Store {
             duplicates,
             lost,
         })
+    }
+
+    /// Retention: deletes records emitted before `cutoff_ms`, then, while the records
+    /// take more than `max_bytes`, the oldest record of each node in turn. Returns how many
+    /// were deleted. Each node's records are in sequence (so time) order, which lets the
+    /// age pass stop at a node's first young record and jump to the next node.
+    pub fn prune_telemetry(&self, cutoff_ms: u64, max_bytes: u64) -> Result<u64> {
+        let tree = self.db.open_tree(TELEMETRY)?;
+        let mut deleted = 0u64;
+        let mut total = 0u64;
+        let mut nodes: Vec<Vec<u8>> = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let Some((k, v)) = tree.range(from.clone()..).next().transpose()? else {
+                break;
+            };
+            let node_len = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+            let node = k[..node_len].to_vec();
+            let record: Option<wedge_shared::messages::TelemetryRecord> =
+                wedge_shared::decode(&v).ok();
+            if record.is_none_or(|r| r.ts_ms < cutoff_ms) {
+                tree.remove(&k)?;
+                deleted += 1;
+                from = k.to_vec();
+                continue;
+            }
+            // This node's remaining records are younger: count them, go to the next node.
+            let mut next = node.clone();
+            next.push(1);
+            let mut prefix = node.clone();
+            prefix.push(0);
+            for item in tree.range(prefix.clone()..next.clone()) {
+                total += item?.1.len() as u64;
+            }
+            nodes.push(prefix);
+            from = next;
+        }
+        'size: while total > max_bytes && !nodes.is_empty() {
+            let mut removed_any = false;
+            for prefix in &nodes {
+                if total <= max_bytes {
+                    break 'size;
+                }
+                if let Some((k, v)) = tree.scan_prefix(prefix).next().transpose()? {
+                    tree.remove(&k)?;
+                    total = total.saturating_sub(v.len() as u64);
+                    deleted += 1;
+                    removed_any = true;
+                }
+            }
+            if !removed_any {
+                break;
+            }
+        }
+        if deleted > 0 {
+            self.db.flush()?;
+        }
+        Ok(deleted)
     }
 
     /// A node's records with sequence numbers above `after`, in order, optionally of one
@@ -434,6 +497,44 @@ mod tests {
         assert_eq!(odd.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 5]);
         assert_eq!(store.telemetry("n1", None, 0, 2).unwrap().len(), 2);
         assert!(store.telemetry("n3", None, 0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn retention_by_age_then_size_keeps_acknowledgements() {
+        use wedge_shared::messages::{TelemetryBatch, TelemetryRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let batch = |seqs: std::ops::RangeInclusive<u64>| TelemetryBatch {
+            first_available: 1,
+            records: seqs
+                .map(|seq| TelemetryRecord {
+                    seq,
+                    module: "m".into(),
+                    stream: "s".into(),
+                    ts_ms: seq * 10,
+                    payload: vec![0; 100],
+                })
+                .collect(),
+        };
+        store.ingest_telemetry("a", &batch(1..=10)).unwrap();
+        store.ingest_telemetry("b", &batch(1..=10)).unwrap();
+        // Age: ts 10..=40 go on both nodes.
+        assert_eq!(store.prune_telemetry(50, u64::MAX).unwrap(), 8);
+        assert_eq!(store.telemetry("a", None, 0, 100).unwrap()[0].seq, 5);
+        // Size: down to about four records per node, oldest first.
+        let one = wedge_shared::encode(&batch(10..=10).records[0]).len() as u64;
+        store.prune_telemetry(0, 8 * one).unwrap();
+        let a: Vec<u64> = store
+            .telemetry("a", None, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(a, [7, 8, 9, 10]);
+        // A re-sent old record is not stored again after pruning.
+        let o = store.ingest_telemetry("a", &batch(1..=11)).unwrap();
+        assert_eq!((o.upto, o.stored, o.duplicates), (11, 1, 10));
+        assert_eq!(store.telemetry("a", None, 0, 100).unwrap().len(), 5);
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl App {
         let local_mqtt_addr = broker.local_addr();
 
         let buffer = store
-            .buffer(config.buffer_bytes)
+            .buffer(config.buffer_bytes, config.buffer_full)
             .context("cannot open the telemetry buffer")?;
         let (events, events_rx) = EventSink::new();
         let runtime = Runtime::new(Some(&config.data_dir.join("module-cache")))
@@ -115,6 +115,7 @@ impl App {
             buffer.clone(),
             client,
             uploads_rx,
+            config.buffer_ttl_secs.map(Duration::from_secs),
             shutdown.clone(),
         ));
         tracker.spawn(session.run(inbound_tx, uploads_tx, session_stop));

@@ -17,9 +17,22 @@ use wedge_shared::topics::validate_id;
 /// Largest payload of one record.
 pub const MAX_RECORD_PAYLOAD: usize = 64 * 1024;
 
+/// What a full buffer does with a new record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullPolicy {
+    /// Drop the oldest records to make room (the newest data is usually worth most).
+    #[default]
+    DropOldest,
+    /// Refuse the new record: `emit` fails and the module decides.
+    RejectNew,
+}
+
 /// Why a record was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("the telemetry buffer is full ({quota} bytes)")]
+    Full { quota: u64 },
     #[error("record of {size} bytes exceeds the limit of {MAX_RECORD_PAYLOAD}")]
     TooLarge { size: usize },
     #[error("stream name {0:?}: letters, digits, '.', '_' and '-' only, 1 to 128 of them")]
@@ -41,6 +54,7 @@ struct State {
 pub struct Buffer {
     tree: sled::Tree,
     quota: u64,
+    policy: FullPolicy,
     state: Arc<Mutex<State>>,
     dropped: Arc<AtomicU64>,
     appended: Arc<tokio::sync::Notify>,
@@ -55,7 +69,7 @@ impl std::fmt::Debug for Buffer {
 }
 
 impl Buffer {
-    pub(crate) fn open(tree: sled::Tree, quota: u64) -> Result<Self, Error> {
+    pub(crate) fn open(tree: sled::Tree, quota: u64, policy: FullPolicy) -> Result<Self, Error> {
         let next_seq = match tree.last()? {
             Some((k, _)) => seq_of(&k) + 1,
             None => 1,
@@ -68,6 +82,7 @@ impl Buffer {
         Ok(Self {
             tree,
             quota,
+            policy,
             state: Arc::new(Mutex::new(State { next_seq, bytes })),
             dropped: Arc::new(AtomicU64::new(0)),
             appended: Arc::new(tokio::sync::Notify::new()),
@@ -102,6 +117,10 @@ impl Buffer {
         };
         let bytes = wedge_shared::encode(&record);
         let size = bytes.len() as u64;
+        if self.policy == FullPolicy::RejectNew && state.bytes + size > self.quota {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::Full { quota: self.quota });
+        }
         while state.bytes + size > self.quota {
             let Some((k, v)) = self.tree.pop_min()? else {
                 break;
@@ -121,6 +140,26 @@ impl Buffer {
     /// Resolves after the next append (or at once if one happened since the last wait).
     pub async fn appended(&self) {
         self.appended.notified().await;
+    }
+
+    /// Drops records emitted before `cutoff_ms` (a time-to-live), counting them as dropped.
+    pub fn expire(&self, cutoff_ms: u64) -> Result<u64, Error> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut removed = 0;
+        while let Some((k, v)) = self.tree.first()? {
+            let record: TelemetryRecord = wedge_shared::decode(&v).map_err(|e| Error::Corrupt {
+                seq: seq_of(&k),
+                reason: e.to_string(),
+            })?;
+            if record.ts_ms >= cutoff_ms {
+                break;
+            }
+            self.tree.remove(&k)?;
+            state.bytes = state.bytes.saturating_sub(v.len() as u64);
+            removed += 1;
+        }
+        self.dropped.fetch_add(removed, Ordering::Relaxed);
+        Ok(removed)
     }
 
     /// Deletes every record up to and including `upto` (they are delivered).
@@ -227,7 +266,12 @@ mod tests {
 
     fn open(dir: &std::path::Path, quota: u64) -> Buffer {
         let db = sled::Config::new().path(dir).open().unwrap();
-        Buffer::open(db.open_tree("telemetry").unwrap(), quota).unwrap()
+        Buffer::open(
+            db.open_tree("telemetry").unwrap(),
+            quota,
+            FullPolicy::DropOldest,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -268,6 +312,31 @@ mod tests {
         b.delete_upto(100).unwrap();
         assert_eq!(b.first_available().unwrap(), 11);
         assert_eq!(b.pending(), (0, 0));
+    }
+
+    #[test]
+    fn reject_new_policy_and_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let b = Buffer::open(db.open_tree("t").unwrap(), 400, FullPolicy::RejectNew).unwrap();
+        let mut accepted = 0;
+        for i in 0..20u64 {
+            if b.append("m", "s", i, &[0; 40]).is_ok() {
+                accepted += 1;
+            }
+        }
+        assert!(accepted > 0 && accepted < 20);
+        assert_eq!(b.dropped(), 20 - accepted);
+        assert!(matches!(
+            b.append("m", "s", 0, &[0; 40]),
+            Err(Error::Full { .. })
+        ));
+        // The oldest records survive under reject-new.
+        assert_eq!(b.read(0, 1).unwrap()[0].seq, 1);
+        let before = b.dropped();
+        assert_eq!(b.expire(2).unwrap(), 2, "records with ts 0 and 1 expire");
+        assert_eq!(b.dropped(), before + 2);
+        assert_eq!(b.read(0, 1).unwrap()[0].ts_ms, 2);
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Config {
     pub buffer_bytes: u64,
     /// Group commit: what a module emits is on disk within this many milliseconds.
     pub flush_interval_ms: u64,
+    /// What a full buffer does: `drop-oldest` or `reject-new`.
+    pub buffer_full: crate::buffer::FullPolicy,
+    /// Records older than this are dropped (and counted) even if undelivered; none by default.
+    pub buffer_ttl_secs: Option<u64>,
     pub limits: ModuleLimits,
 }
 
@@ -81,6 +85,8 @@ impl Default for Config {
             max_module_size: 16 * 1024 * 1024,
             buffer_bytes: 64 * 1024 * 1024,
             flush_interval_ms: 10,
+            buffer_full: Default::default(),
+            buffer_ttl_secs: None,
             limits: ModuleLimits::default(),
         }
     }

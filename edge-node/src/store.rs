@@ -82,9 +82,13 @@ impl Store {
         Ok(())
     }
 
-    /// The telemetry buffer, bounded by `quota` bytes.
-    pub fn buffer(&self, quota: u64) -> Result<crate::buffer::Buffer, crate::buffer::Error> {
-        crate::buffer::Buffer::open(self.db.open_tree("telemetry")?, quota)
+    /// The telemetry buffer, bounded by `quota` bytes, doing `policy` when full.
+    pub fn buffer(
+        &self,
+        quota: u64,
+        policy: crate::buffer::FullPolicy,
+    ) -> Result<crate::buffer::Buffer, crate::buffer::Error> {
+        crate::buffer::Buffer::open(self.db.open_tree("telemetry")?, quota, policy)
     }
 
     /// The key-value store of module instance `module`, bounded by `quota` bytes of keys

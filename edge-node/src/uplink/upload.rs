@@ -106,6 +106,7 @@ pub async fn run(
     buffer: Buffer,
     client: UplinkClient,
     mut events: mpsc::Receiver<UploadEvent>,
+    ttl: Option<Duration>,
     shutdown: CancellationToken,
 ) {
     let start = buffer.first_available().unwrap_or(1).saturating_sub(1);
@@ -132,6 +133,17 @@ pub async fn run(
             },
             _ = buffer.appended() => {}
             _ = check.tick() => {
+                if let Some(ttl) = ttl {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0);
+                    match buffer.expire(now_ms.saturating_sub(ttl.as_millis() as u64)) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(expired = n, "undelivered telemetry expired"),
+                        Err(e) => tracing::error!(error = %e, "cannot expire telemetry"),
+                    }
+                }
                 if up.overdue(Instant::now()) {
                     tracing::warn!(acked = up.acked(), "telemetry acknowledgement overdue; sending again");
                     up.rewind();
