@@ -20,6 +20,31 @@ pub struct Seen {
     pub labels_changed: bool,
 }
 
+/// A node whose telemetry buffer is fuller than this share of its quota is degraded.
+pub const BUFFER_DEGRADED_RATIO: f64 = 0.8;
+
+/// What is wrong with a node, judged from its heartbeat (pure).
+pub fn problems(hb: &Heartbeat) -> Vec<String> {
+    let mut out: Vec<String> = hb
+        .modules
+        .iter()
+        .filter(|m| m.state == wedge_shared::messages::ModuleState::Failed)
+        .map(|m| match &m.last_error {
+            Some(e) => format!("module {} failing: {e}", m.name),
+            None => format!("module {} failing", m.name),
+        })
+        .collect();
+    let b = &hb.buffer;
+    if b.quota_bytes > 0 && b.bytes as f64 > b.quota_bytes as f64 * BUFFER_DEGRADED_RATIO {
+        out.push(format!(
+            "telemetry buffer {}% full ({} records waiting)",
+            b.bytes * 100 / b.quota_bytes,
+            b.pending
+        ));
+    }
+    out
+}
+
 /// Events kept per node (newest last); older ones are dropped.
 pub const EVENTS_PER_NODE: usize = 200;
 
@@ -30,6 +55,10 @@ pub enum FleetEvent {
     Online,
     /// The node went offline, and why.
     Offline { reason: String },
+    /// Online but something is wrong.
+    Degraded { problems: Vec<String> },
+    /// Nothing is wrong any more.
+    Recovered,
     /// Reported by the node itself.
     Node(NodeEvent),
 }
@@ -114,7 +143,9 @@ impl Fleet {
     /// Records a heartbeat. A `live` one marks the node online; a retained one (replayed
     /// by the broker when we subscribe) only refreshes what it runs.
     pub fn heartbeat(&self, hb: Heartbeat, live: bool, now_ms: u64) -> store::Result<Seen> {
+        let now_problems = problems(&hb);
         let mut came_online = false;
+        let mut health_change = None;
         let (record, seen) = {
             let mut nodes = self.write();
             let seen;
@@ -145,6 +176,8 @@ impl Fleet {
                         applied_generation: 0,
                         modules: Vec::new(),
                         buffer: Default::default(),
+                        problems: Vec::new(),
+                        problems_since_ms: now_ms,
                     })
                 }
             };
@@ -162,12 +195,26 @@ impl Fleet {
             record.version = hb.version;
             record.desired_generation = hb.desired_generation;
             record.applied_generation = hb.applied_generation;
+            if live && now_problems.is_empty() != record.problems.is_empty() {
+                record.problems_since_ms = now_ms;
+                health_change = Some(if now_problems.is_empty() {
+                    FleetEvent::Recovered
+                } else {
+                    FleetEvent::Degraded {
+                        problems: now_problems.clone(),
+                    }
+                });
+            }
+            record.problems = now_problems;
             record.modules = hb.modules;
             record.buffer = hb.buffer;
             (record.clone(), seen)
         };
         if came_online {
             self.record(&record.id, now_ms, FleetEvent::Online);
+        }
+        if let Some(event) = health_change {
+            self.record(&record.id, now_ms, event);
         }
         self.store.put_node(&record)?;
         Ok(seen)
@@ -337,6 +384,51 @@ mod tests {
             events.last().unwrap().received_ms,
             EVENTS_PER_NODE as u64 + 9
         );
+    }
+
+    #[test]
+    fn failing_modules_and_a_full_buffer_degrade_a_node() {
+        use wedge_shared::messages::{BufferStatus, ModuleState, ModuleStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+        fleet.heartbeat(hb("n1", "a"), true, 1_000).unwrap();
+        assert!(fleet.get("n1").unwrap().problems.is_empty());
+
+        let mut sick = hb("n1", "a");
+        sick.modules.push(ModuleStatus {
+            name: "m".into(),
+            digest: wedge_shared::Digest::of(b"m"),
+            state: ModuleState::Failed,
+            last_error: Some("trapped".into()),
+            restarts: 3,
+            stats: Default::default(),
+        });
+        sick.buffer = BufferStatus {
+            pending: 10,
+            bytes: 90,
+            oldest_age_ms: 0,
+            dropped: 0,
+            quota_bytes: 100,
+        };
+        fleet.heartbeat(sick, true, 2_000).unwrap();
+        let n = fleet.get("n1").unwrap();
+        assert_eq!(
+            n.problems,
+            [
+                "module m failing: trapped",
+                "telemetry buffer 90% full (10 records waiting)"
+            ]
+        );
+        assert_eq!(n.problems_since_ms, 2_000);
+        fleet.heartbeat(hb("n1", "a"), true, 3_000).unwrap();
+        let kinds: Vec<FleetEvent> = fleet
+            .events("n1")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert!(matches!(kinds[1], FleetEvent::Degraded { .. }));
+        assert_eq!(kinds[2], FleetEvent::Recovered);
     }
 
     #[test]

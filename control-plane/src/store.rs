@@ -119,6 +119,12 @@ pub struct NodeRecord {
     pub modules: Vec<ModuleStatus>,
     #[serde(default)]
     pub buffer: wedge_shared::messages::BufferStatus,
+    /// What is wrong with the node while it is online (empty: healthy).
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// When `problems` last went from empty to not or back.
+    #[serde(default)]
+    pub problems_since_ms: u64,
 }
 
 /// The desired state last computed for a node.

@@ -225,6 +225,7 @@ impl Buffer {
             bytes,
             oldest_age_ms,
             dropped: self.dropped(),
+            quota_bytes: self.quota,
         }
     }
 

@@ -215,6 +215,9 @@ pub struct BufferStatus {
     pub oldest_age_ms: u64,
     /// Records dropped (quota) since the node started.
     pub dropped: u64,
+    /// The buffer's byte quota (0: unknown).
+    #[serde(default)]
+    pub quota_bytes: u64,
 }
 
 /// A node asks for part of a blob.
@@ -321,6 +324,7 @@ mod tests {
                         bytes: ag,
                         oldest_age_ms: sent_at_ms,
                         dropped: 7,
+                        quota_bytes: 9,
                     },
                 },
             )

@@ -166,9 +166,26 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
     );
     assert_eq!(m["stats"]["published"], 0);
 
-    // The node and the good module are fine.
+    // The node keeps running, degraded by its failing modules, and says why.
     let n = api.node("edge").await?.expect("node known");
-    assert_eq!(n["status"], "online");
+    assert_eq!(n["status"], "degraded", "{n}");
+    let problems = n["problems"].to_string();
+    for failing in ["trap-init", "trap-message"] {
+        assert!(
+            problems.contains(&format!("module {failing} failing")),
+            "{problems}"
+        );
+    }
+    let (status, fleet) = api.get("/api/v1/fleet").await?;
+    assert_eq!(status, 200);
+    assert_eq!(fleet["nodes"]["total"], 1);
+    assert_eq!(fleet["nodes"]["degraded"], 1);
+    assert_eq!(fleet["problems"][0]["node"], "edge");
+    let good_deployment = fleet["deployments"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == "good").cloned())
+        .expect("deployment listed");
+    assert_eq!(good_deployment["states"]["running"], 1);
     let good = api.module("edge", "good").await.expect("good reported");
     assert_eq!(good["state"], "running");
     assert_eq!(good["restarts"], 0);
@@ -188,7 +205,8 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
             && has("node_online", None)
             && has("module_started", Some("good"))
             && has("module_failed", Some("trap-message"))
-            && has("module_log", Some("good")))
+            && has("module_log", Some("good"))
+            && has("node_degraded", None))
         .then_some(events)
     })
     .await?;

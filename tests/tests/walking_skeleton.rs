@@ -75,6 +75,13 @@ async fn threshold_alert_end_to_end() -> anyhow::Result<()> {
     );
 
     // The fleet as the API sees it: both online, the module on the first only.
+    let (status, fleet) = cp.api.get("/api/v1/fleet").await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        fleet["nodes"],
+        json!({"total": 2, "online": 2, "degraded": 0, "offline": 0})
+    );
+    assert_eq!(fleet["problems"], json!([]));
     let (status, nodes) = cp.api.get("/api/v1/nodes").await?;
     assert_eq!(status, 200);
     let nodes = nodes.as_array().expect("a list");

@@ -3,6 +3,7 @@
 
 pub mod deployments;
 pub mod error;
+pub mod fleet;
 pub mod health;
 pub mod modules;
 pub mod nodes;
@@ -34,7 +35,8 @@ pub fn router(state: AppState) -> Router {
             Router::new()
                 .nest("/modules", modules::routes(max_body))
                 .nest("/deployments", deployments::routes())
-                .nest("/nodes", nodes::routes()),
+                .nest("/nodes", nodes::routes())
+                .nest("/fleet", fleet::routes()),
         )
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .with_state(state)

@@ -133,6 +133,20 @@ impl From<&EventRecord> for EventView {
                 level: None,
                 message: Some(reason.clone()),
             },
+            FleetEvent::Degraded { problems } => Self {
+                time: at(r.received_ms),
+                kind: "node_degraded".into(),
+                module: None,
+                level: None,
+                message: Some(problems.join("; ")),
+            },
+            FleetEvent::Recovered => Self {
+                time: at(r.received_ms),
+                kind: "node_recovered".into(),
+                module: None,
+                level: None,
+                message: None,
+            },
             FleetEvent::Node(e) => {
                 let (kind, level, message) = match &e.kind {
                     EventKind::ModuleStarted => ("module_started", None, None),
@@ -171,8 +185,10 @@ async fn events(
 #[derive(Debug, Serialize, Deserialize)]
 pub struct NodeView {
     pub id: String,
-    /// `online` or `offline`.
+    /// `online`, `degraded` (online, something wrong) or `offline`.
     pub status: String,
+    /// What is wrong, while degraded.
+    pub problems: Vec<String>,
     /// Why it is offline, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -204,17 +220,33 @@ pub struct ModuleStateView {
     pub stats: wedge_shared::messages::ModuleStats,
 }
 
+/// `online`, `degraded` or `offline`.
+pub fn health(n: &NodeRecord) -> &'static str {
+    match n.liveness {
+        Liveness::Offline => "offline",
+        Liveness::Online if n.problems.is_empty() => "online",
+        Liveness::Online => "degraded",
+    }
+}
+
 impl From<&NodeRecord> for NodeView {
     fn from(n: &NodeRecord) -> Self {
         Self {
             id: n.id.clone(),
-            status: match n.liveness {
-                Liveness::Online => "online",
-                Liveness::Offline => "offline",
-            }
-            .into(),
-            reason: n.reason.clone(),
-            since: rfc3339(n.since_ms),
+            status: health(n).into(),
+            reason: match health(n) {
+                "degraded" => Some(n.problems.join("; ")),
+                _ => n.reason.clone(),
+            },
+            problems: if n.liveness == Liveness::Online {
+                n.problems.clone()
+            } else {
+                Vec::new()
+            },
+            since: rfc3339(match n.liveness {
+                Liveness::Online => n.since_ms.max(n.problems_since_ms),
+                Liveness::Offline => n.since_ms,
+            }),
             first_seen: rfc3339(n.first_seen_ms),
             last_seen: (n.last_seen_ms > 0).then(|| rfc3339(n.last_seen_ms)),
             labels: n.labels.clone(),
