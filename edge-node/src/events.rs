@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -40,10 +39,7 @@ impl EventSink {
 
     pub fn send(&self, module: Option<&str>, kind: EventKind) {
         let event = NodeEvent {
-            ts_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            ts_ms: wedge_shared::now_ms(),
             module: module.map(str::to_string),
             kind,
         };

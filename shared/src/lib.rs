@@ -19,3 +19,12 @@ pub mod topics;
 
 pub use digest::Digest;
 pub use envelope::{DecodeError, MAX_MESSAGE_SIZE, PROTOCOL_VERSION, decode, encode};
+
+/// Wall-clock time as the wire carries it: milliseconds since the Unix epoch (0 for a clock
+/// set before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

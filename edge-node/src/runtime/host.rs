@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
@@ -127,13 +127,6 @@ pub fn topic_allowed(prefixes: &[String], topic: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Host for HostState {
     fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
         if let Err(why) = topic_allowed(&self.ctx.publish_prefixes, &topic) {
@@ -156,7 +149,7 @@ impl Host for HostState {
     fn emit(&mut self, stream: String, payload: Vec<u8>) -> Result<(), String> {
         self.ctx
             .buffer
-            .append(&self.ctx.module, &stream, now_ms(), &payload)
+            .append(&self.ctx.module, &stream, wedge_shared::now_ms(), &payload)
             .map_err(|e| e.to_string())?;
         self.ctx.stats.emitted.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -183,7 +176,7 @@ impl Host for HostState {
     }
 
     fn now_ms(&mut self) -> u64 {
-        now_ms()
+        wedge_shared::now_ms()
     }
 
     fn log(&mut self, level: Level, message: String) {

@@ -288,11 +288,7 @@ impl Supervisor {
                     now + period
                 });
                 store.set_epoch_deadline(self.deadline_ticks());
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
-                match module.call_on_tick(&mut store, now_ms) {
+                match module.call_on_tick(&mut store, wedge_shared::now_ms()) {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => self.guest_error("tick", &error),
                     Err(trap) => return End::Failed(format!("trapped on tick: {trap:#}")),
