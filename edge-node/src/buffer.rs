@@ -46,7 +46,17 @@ pub enum Error {
 #[derive(Debug)]
 struct State {
     next_seq: u64,
+    /// Records held and their encoded bytes, kept here because counting a sled tree walks
+    /// every key and the heartbeat asks on every beat.
+    records: u64,
     bytes: u64,
+}
+
+impl State {
+    fn forget(&mut self, size: usize) {
+        self.records = self.records.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(size as u64);
+    }
 }
 
 /// The buffer. Cheap to clone; safe to use from module threads.
@@ -74,16 +84,21 @@ impl Buffer {
             Some((k, _)) => seq_of(&k) + 1,
             None => 1,
         };
-        let mut bytes = 0;
+        let (mut records, mut bytes) = (0, 0);
         for item in tree.iter() {
             let (_, v) = item?;
+            records += 1;
             bytes += v.len() as u64;
         }
         Ok(Self {
             tree,
             quota,
             policy,
-            state: Arc::new(Mutex::new(State { next_seq, bytes })),
+            state: Arc::new(Mutex::new(State {
+                next_seq,
+                records,
+                bytes,
+            })),
             dropped: Arc::new(AtomicU64::new(0)),
             appended: Arc::new(tokio::sync::Notify::new()),
         })
@@ -126,11 +141,12 @@ impl Buffer {
                 break;
             };
             let _ = k;
-            state.bytes = state.bytes.saturating_sub(v.len() as u64);
+            state.forget(v.len());
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         self.tree.insert(seq.to_be_bytes(), bytes)?;
         state.next_seq += 1;
+        state.records += 1;
         state.bytes += size;
         drop(state);
         self.appended.notify_one();
@@ -155,7 +171,7 @@ impl Buffer {
                 break;
             }
             self.tree.remove(&k)?;
-            state.bytes = state.bytes.saturating_sub(v.len() as u64);
+            state.forget(v.len());
             removed += 1;
         }
         self.dropped.fetch_add(removed, Ordering::Relaxed);
@@ -171,7 +187,7 @@ impl Buffer {
                 break;
             }
             self.tree.remove(&k)?;
-            state.bytes = state.bytes.saturating_sub(v.len() as u64);
+            state.forget(v.len());
             removed += 1;
         }
         Ok(removed)
@@ -245,7 +261,7 @@ impl Buffer {
     /// (records, bytes) waiting.
     pub fn pending(&self) -> (u64, u64) {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        (self.tree.len() as u64, state.bytes)
+        (state.records, state.bytes)
     }
 
     /// Records dropped to stay within the quota since the node started.
