@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::mqtt::{self, Counters};
 use crate::reconcile::Reconciler;
+use crate::rollout::{Plans, Rollouts};
 use crate::store::Store;
 use crate::time::now_ms;
 
@@ -64,11 +65,16 @@ impl App {
             &format!("wedge-control-{}", std::process::id()),
             config.mqtt_max_payload,
         );
+        let plans = Arc::new(Plans::default());
         let reconciler = Arc::new(Reconciler::new(
             store.clone(),
-            fleet.clone(),
+            plans.clone(),
             publisher.clone(),
         ));
+        let rollouts = Arc::new(
+            Rollouts::load(store.clone(), fleet.clone(), reconciler.clone(), plans)
+                .context("cannot load the rollouts")?,
+        );
         let counters = Arc::new(Counters::default());
 
         let listener = tokio::net::TcpListener::bind(config.api_listen)
@@ -84,10 +90,12 @@ impl App {
             store: store.clone(),
             fleet: fleet.clone(),
             reconciler: reconciler.clone(),
+            rollouts: rollouts.clone(),
             publisher,
             counters,
         };
         tracker.spawn(session.run(ctx, shutdown.clone()));
+        tracker.spawn(rollouts.clone().run(shutdown.clone()));
         tracker.spawn(sweep(
             fleet.clone(),
             config.heartbeat_timeout(),
@@ -103,7 +111,7 @@ impl App {
         let app = api::router(AppState {
             store: store.clone(),
             fleet,
-            reconciler,
+            rollouts,
             max_module_size: config.max_module_size,
         });
         let api_shutdown = shutdown.clone();

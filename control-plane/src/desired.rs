@@ -1,34 +1,29 @@
 //! Which modules a node should run, given the deployments. Pure: no I/O, no clock.
 
-use std::collections::BTreeMap;
-
 use wedge_shared::messages::ModuleSpec;
 
 use crate::store::{DeploymentRecord, DesiredRecord};
 
-/// The module list for node `id` with `labels`, sorted by instance name so equal inputs
-/// give equal outputs.
-pub fn modules_for(
-    id: &str,
-    labels: &BTreeMap<String, String>,
-    deployments: &[DeploymentRecord],
-) -> Vec<ModuleSpec> {
-    let mut modules: Vec<ModuleSpec> = deployments
-        .iter()
-        .filter(|d| d.target.selects(id, labels))
-        .map(|d| ModuleSpec {
-            name: d.name.clone(),
-            digest: d.module.digest,
-            size: d.module.size,
-            subscriptions: d.subscriptions.clone(),
-            config: d.config.clone(),
-            publish_prefixes: d.publish_prefixes.clone(),
-            tick_ms: d.tick_ms,
-            limits: d.limits.clone(),
-        })
-        .collect();
+/// The module list made of these deployment revisions (each node's assigned ones),
+/// sorted by instance name so equal inputs give equal outputs.
+pub fn modules_for<'a>(records: impl IntoIterator<Item = &'a DeploymentRecord>) -> Vec<ModuleSpec> {
+    let mut modules: Vec<ModuleSpec> = records.into_iter().map(spec).collect();
     modules.sort_by(|a, b| a.name.cmp(&b.name));
     modules
+}
+
+/// What a node is told about one deployment revision.
+pub fn spec(d: &DeploymentRecord) -> ModuleSpec {
+    ModuleSpec {
+        name: d.name.clone(),
+        digest: d.module.digest,
+        size: d.module.size,
+        subscriptions: d.subscriptions.clone(),
+        config: d.config.clone(),
+        publish_prefixes: d.publish_prefixes.clone(),
+        tick_ms: d.tick_ms,
+        limits: d.limits.clone(),
+    }
 }
 
 /// The next desired record for a node: the same one when nothing changed, otherwise the
@@ -68,30 +63,25 @@ mod tests {
             publish_prefixes: vec![],
             tick_ms: None,
             limits: Default::default(),
+            strategy: Default::default(),
             created_at_ms: 0,
         }
     }
 
     #[test]
-    fn selects_by_id_and_labels_sorted() {
-        let labels = BTreeMap::from([("site".to_string(), "x".to_string())]);
-        let ds = vec![
+    fn sorted_by_name() {
+        let ds = [
             deployment("zeta", Target::Nodes(vec!["n1".into()])),
-            deployment("alpha", Target::Labels(labels.clone())),
-            deployment("other", Target::Nodes(vec!["n2".into()])),
+            deployment("alpha", Target::Nodes(vec!["n1".into()])),
         ];
-        let names: Vec<_> = modules_for("n1", &labels, &ds)
-            .into_iter()
-            .map(|m| m.name)
-            .collect();
+        let names: Vec<_> = modules_for(&ds).into_iter().map(|m| m.name).collect();
         assert_eq!(names, ["alpha", "zeta"]);
-        assert!(modules_for("n3", &BTreeMap::new(), &ds).is_empty());
     }
 
     #[test]
     fn generation_moves_only_on_change() {
-        let ds = vec![deployment("a", Target::Nodes(vec!["n1".into()]))];
-        let m = modules_for("n1", &BTreeMap::new(), &ds);
+        let ds = [deployment("a", Target::Nodes(vec!["n1".into()]))];
+        let m = modules_for(&ds);
         assert_eq!(next(None, vec![]), None);
         let first = next(None, m.clone()).unwrap();
         assert_eq!(first.generation, 1);

@@ -278,12 +278,10 @@ impl Fleet {
         all
     }
 
-    /// (id, labels) of every node, for recomputing desired states.
-    pub fn selectors(&self) -> Vec<(String, BTreeMap<String, String>)> {
-        self.read()
-            .values()
-            .map(|n| (n.id.clone(), n.labels.clone()))
-            .collect()
+    /// Runs `f` over every node without copying the registry (a rollout step reads
+    /// thousands of records several times a second). `f` must not call back into the fleet.
+    pub fn for_each(&self, f: impl FnMut(&NodeRecord)) {
+        self.read().values().for_each(f);
     }
 }
 

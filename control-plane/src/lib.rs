@@ -10,12 +10,16 @@
 //! - [`store`]: durable state in sled (modules and blobs, deployments, nodes, desired
 //!   states), behind typed methods so sled never leaks out.
 //! - [`fleet`]: the node registry and health (online/offline from heartbeats and wills).
-//! - [`desired`]: which modules a node should run, given the deployments (pure).
+//! - [`rollout`]: which revision of each deployment every node runs: canary, batches,
+//!   bake, automatic rollback, pause/resume/abort.
+//! - [`desired`]: a node's module list from its assigned revisions (pure).
+//! - [`reconcile`]: stores and publishes desired states, re-sends to nodes behind.
 //! - [`mqtt`]: the uplink session: status in, desired states and blob chunks out.
 //! - [`api`]: the HTTP API (axum), one file per resource.
 //!
-//! Flow: an operator uploads a module and posts a deployment → [`desired`] computes each
-//! targeted node's module list → a changed list bumps the node's generation and is
+//! Flow: an operator uploads a module and posts a deployment → [`rollout`] assigns the
+//! new revision to nodes batch by batch, as the previous ones prove healthy → [`desired`]
+//! computes each assigned node's module list → a changed list bumps the node's generation and is
 //! published retained on `wedge/v1/nodes/{id}/desired` → the node fetches the blob over
 //! `blob/req`/`blob/data`, runs it and reports in its heartbeat → [`fleet`] records it.
 
@@ -26,6 +30,7 @@ pub mod desired;
 pub mod fleet;
 pub mod mqtt;
 pub mod reconcile;
+pub mod rollout;
 pub mod store;
 mod time;
 

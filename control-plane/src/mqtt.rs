@@ -24,6 +24,7 @@ use wedge_shared::{DecodeError, decode, encode};
 
 use crate::fleet::Fleet;
 use crate::reconcile::Reconciler;
+use crate::rollout::Rollouts;
 use crate::store::Store;
 use crate::time::now_ms;
 
@@ -132,6 +133,7 @@ pub struct Context {
     pub store: Store,
     pub fleet: Arc<Fleet>,
     pub reconciler: Arc<Reconciler>,
+    pub rollouts: Arc<Rollouts>,
     pub publisher: Publisher,
     pub counters: Arc<Counters>,
 }
@@ -262,7 +264,8 @@ async fn on_status(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
                 tracing::info!(node = msg.node, "node joined");
             }
             if seen.labels_changed {
-                ctx.reconciler.node(&msg.node).await?;
+                // New nodes count as changed: rollouts decide what they get.
+                ctx.rollouts.nudge();
             }
             if !msg.retained {
                 ctx.reconciler

@@ -6,15 +6,15 @@
 //! node whose heartbeat reports an older generation is sent the current one again, at most
 //! once per [`RESEND_INTERVAL`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wedge_shared::messages::DesiredState;
 
 use crate::desired;
-use crate::fleet::Fleet;
 use crate::mqtt::Publisher;
+use crate::rollout::Plans;
 use crate::store::{self, DesiredRecord, Store};
 
 /// Shortest time between two re-sends of a desired state to the same node.
@@ -33,68 +33,70 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Reconciler {
     store: Store,
-    fleet: Arc<Fleet>,
+    plans: Arc<Plans>,
     publisher: Publisher,
     /// Serialises recomputation so two changes never race on a node's generation.
     lock: tokio::sync::Mutex<()>,
     last_sent: Mutex<HashMap<String, Instant>>,
+    /// Each node's current desired generation (a cache of the store).
+    generations: Mutex<HashMap<String, u64>>,
 }
 
 impl Reconciler {
-    pub fn new(store: Store, fleet: Arc<Fleet>, publisher: Publisher) -> Self {
+    pub fn new(store: Store, plans: Arc<Plans>, publisher: Publisher) -> Self {
         Self {
             store,
-            fleet,
+            plans,
             publisher,
             lock: tokio::sync::Mutex::new(()),
             last_sent: Mutex::new(HashMap::new()),
+            generations: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Recomputes the desired state of every known node and of `also` (nodes named by a
-    /// deployment that have not connected yet), publishing those that changed.
-    pub async fn all(&self, also: &[String]) -> Result<(), Error> {
+    /// The generation of node `id`'s desired state; `None` when it has none.
+    pub fn generation(&self, id: &str) -> Option<u64> {
+        let mut cache = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = cache.get(id) {
+            return Some(*g);
+        }
+        let g = self.store.desired(id).ok().flatten()?.generation;
+        cache.insert(id.to_string(), g);
+        Some(g)
+    }
+
+    /// Recomputes the desired state of these nodes from their assigned revisions; stores
+    /// the changed ones with one flush, then publishes them.
+    pub async fn nodes(&self, ids: impl IntoIterator<Item = String>) -> Result<(), Error> {
         let _guard = self.lock.lock().await;
-        let deployments = self.store.deployments()?;
-        let mut targets: Vec<(String, std::collections::BTreeMap<String, String>)> =
-            self.fleet.selectors();
-        let known: BTreeSet<String> = targets.iter().map(|(id, _)| id.clone()).collect();
-        for id in also {
-            if !known.contains(id) {
-                targets.push((id.clone(), Default::default()));
+        let mut changed = Vec::new();
+        for id in ids {
+            let modules = self.plans.modules_for(&id);
+            let current = self.store.desired(&id)?;
+            if let Some(next) = desired::next(current.as_ref(), modules) {
+                changed.push((id, next));
             }
         }
-        for (id, labels) in targets {
-            let modules = desired::modules_for(&id, &labels, &deployments);
-            self.apply(&id, modules).await?;
+        if changed.is_empty() {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Recomputes the desired state of one node (it joined, or its labels changed).
-    pub async fn node(&self, id: &str) -> Result<(), Error> {
-        let _guard = self.lock.lock().await;
-        let labels = self.fleet.get(id).map(|n| n.labels).unwrap_or_default();
-        let deployments = self.store.deployments()?;
-        let modules = desired::modules_for(id, &labels, &deployments);
-        self.apply(id, modules).await
-    }
-
-    async fn apply(
-        &self,
-        id: &str,
-        modules: Vec<wedge_shared::messages::ModuleSpec>,
-    ) -> Result<(), Error> {
-        let current = self.store.desired(id)?;
-        if let Some(next) = desired::next(current.as_ref(), modules) {
-            self.store.put_desired(id, &next)?;
-            tracing::info!(
+        self.store
+            .put_desired_many(changed.iter().map(|(id, r)| (id.as_str(), r)))?;
+        {
+            let mut cache = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, r) in &changed {
+                cache.insert(id.clone(), r.generation);
+            }
+        }
+        tracing::info!(nodes = changed.len(), "desired states changed");
+        for (id, next) in &changed {
+            tracing::debug!(
                 node = id,
                 generation = next.generation,
                 modules = next.modules.len(),
                 "desired state changed"
             );
-            self.send(id, &next).await?;
+            self.send(id, next).await?;
         }
         Ok(())
     }

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use wedge_shared::Digest;
 use wedge_shared::messages::{ModuleSpec, ModuleStatus};
 
+use crate::rollout::plan::Rollout;
+use crate::rollout::strategy::Strategy;
+
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -90,6 +93,8 @@ pub struct DeploymentRecord {
     pub tick_ms: Option<u64>,
     #[serde(default)]
     pub limits: wedge_shared::messages::Limits,
+    #[serde(default)]
+    pub strategy: Strategy,
     pub created_at_ms: u64,
 }
 
@@ -139,6 +144,8 @@ const BLOBS: &str = "blobs";
 const DEPLOYMENTS: &str = "deployments";
 const NODES: &str = "nodes";
 const DESIRED: &str = "desired";
+const REVISIONS: &str = "revisions";
+const ROLLOUTS: &str = "rollouts";
 const TELEMETRY: &str = "telemetry";
 const TELEMETRY_MARKS: &str = "telemetry_marks";
 
@@ -169,6 +176,12 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
     }
+}
+
+/// Key of a deployment revision: name, a 0 byte, the revision zero-padded (sorts by
+/// revision).
+fn revision_key(name: &str, revision: u64) -> String {
+    format!("{name}\0{revision:020}")
 }
 
 fn module_key(name: &str, version: &str) -> String {
@@ -253,10 +266,35 @@ impl Store {
             .map(|b| b.to_vec()))
     }
 
+    /// Stores a deployment revision: as the deployment's latest and in its history.
     pub fn put_deployment(&self, record: &DeploymentRecord) -> Result<()> {
+        self.put(
+            REVISIONS,
+            &revision_key(&record.name, record.revision),
+            record,
+        )?;
         self.put(DEPLOYMENTS, &record.name, record)?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// One revision of a deployment.
+    pub fn revision(&self, name: &str, revision: u64) -> Result<Option<DeploymentRecord>> {
+        if let Some(r) = self.get(REVISIONS, &revision_key(name, revision))? {
+            return Ok(Some(r));
+        }
+        // Deployments stored before revisions were kept: the latest is all there is.
+        Ok(self
+            .deployment(name)?
+            .filter(|d: &DeploymentRecord| d.revision == revision))
+    }
+
+    pub fn put_rollout(&self, name: &str, rollout: &Rollout) -> Result<()> {
+        self.put(ROLLOUTS, name, rollout)
+    }
+
+    pub fn rollout(&self, name: &str) -> Result<Option<Rollout>> {
+        self.get(ROLLOUTS, name)
     }
 
     pub fn deployment(&self, name: &str) -> Result<Option<DeploymentRecord>> {
@@ -275,8 +313,14 @@ impl Store {
         self.all(NODES)
     }
 
-    pub fn put_desired(&self, node: &str, record: &DesiredRecord) -> Result<()> {
-        self.put(DESIRED, node, record)?;
+    /// Stores desired states, then flushes once (a rollout step can change thousands).
+    pub fn put_desired_many<'a>(
+        &self,
+        records: impl IntoIterator<Item = (&'a str, &'a DesiredRecord)>,
+    ) -> Result<()> {
+        for (node, record) in records {
+            self.put(DESIRED, node, record)?;
+        }
         self.db.flush()?;
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use wedge_shared::Digest;
@@ -15,13 +15,20 @@ use wedge_shared::topics::{validate_filter, validate_id};
 use super::AppState;
 use super::error::ApiError;
 use super::modules::ModuleView;
-use crate::store::{DeploymentRecord, ModuleRecord, Target};
+use crate::fleet::Fleet;
+use crate::rollout::Control;
+use crate::rollout::plan::{NodeState, Rollout};
+use crate::rollout::strategy::Strategy;
+use crate::store::{DeploymentRecord, Liveness, ModuleRecord, Target};
 use crate::time::{now_ms, rfc3339};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(list).post(create))
         .route("/{name}", get(show))
+        .route("/{name}/pause", post(pause))
+        .route("/{name}/resume", post(resume))
+        .route("/{name}/abort", post(abort))
 }
 
 /// `POST /api/v1/deployments` body.
@@ -47,6 +54,9 @@ pub struct DeploymentRequest {
     pub tick_ms: Option<u64>,
     #[serde(default)]
     pub limits: Option<LimitsView>,
+    /// How the revision spreads; absent: every node at once, no automatic rollback.
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
 }
 
 /// Per-module sandbox limits; absent fields take the node's defaults.
@@ -107,7 +117,129 @@ pub struct DeploymentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tick_ms: Option<u64>,
     pub limits: LimitsView,
+    pub strategy: Strategy,
     pub created_at: String,
+    /// The rollout of the latest revision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutView>,
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub revision: u64,
+    /// The revision nodes go back to on a rollback; absent before one completed.
+    pub stable_revision: Option<u64>,
+    /// `canary`, `batches`, `complete`, `rolled_back` or `aborted`.
+    pub phase: String,
+    pub paused: bool,
+    /// Why it rolled back or was aborted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub started_at: String,
+    pub phase_since: String,
+    /// Targeted nodes by rollout state (`pending`, `updating`, `baking`, `healthy`,
+    /// `failed`, `rolled_back`), plus `total` and `offline`.
+    pub counts: BTreeMap<String, usize>,
+    /// Per node (on `GET /api/v1/deployments/{name}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<NodeRolloutView>>,
+    /// Earlier rollouts of this deployment, oldest first.
+    pub history: Vec<OutcomeView>,
+}
+
+/// One node in a rollout.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeRolloutView {
+    pub node: String,
+    pub state: String,
+    /// The revision the node is told to run.
+    pub revision: Option<u64>,
+    pub online: bool,
+    pub since: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How an earlier rollout ended.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OutcomeView {
+    pub revision: u64,
+    pub phase: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub ended_at: String,
+}
+
+const NODE_STATES: [NodeState; 6] = [
+    NodeState::Pending,
+    NodeState::Updating,
+    NodeState::Baking,
+    NodeState::Healthy,
+    NodeState::Failed,
+    NodeState::RolledBack,
+];
+
+fn rollout_view(r: &Rollout, fleet: &Fleet, with_nodes: bool) -> RolloutView {
+    let mut counts: BTreeMap<String, usize> = NODE_STATES
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect();
+    for (state, n) in r.counts() {
+        counts.insert(state.as_str().to_string(), n);
+    }
+    let mut offline = 0;
+    let mut nodes = Vec::new();
+    for (id, p) in &r.nodes {
+        let online = fleet
+            .get(id)
+            .is_some_and(|n| n.liveness == Liveness::Online);
+        offline += usize::from(!online);
+        if with_nodes {
+            nodes.push(NodeRolloutView {
+                node: id.clone(),
+                state: p.state.as_str().into(),
+                revision: r.assigned.get(id).copied(),
+                online,
+                since: rfc3339(p.since_ms),
+                error: p.error.clone(),
+            });
+        }
+    }
+    counts.insert("total".into(), r.nodes.len());
+    counts.insert("offline".into(), offline);
+    RolloutView {
+        revision: r.revision,
+        stable_revision: r.stable,
+        phase: r.phase.as_str().into(),
+        paused: r.paused,
+        reason: r.reason.clone(),
+        started_at: rfc3339(r.started_ms),
+        phase_since: rfc3339(r.phase_since_ms),
+        counts,
+        nodes: with_nodes.then_some(nodes),
+        history: r
+            .history
+            .iter()
+            .map(|o| OutcomeView {
+                revision: o.revision,
+                phase: o.phase.as_str().into(),
+                reason: o.reason.clone(),
+                ended_at: rfc3339(o.ended_ms),
+            })
+            .collect(),
+    }
+}
+
+impl DeploymentView {
+    fn with_rollout(mut self, state: &AppState, with_nodes: bool) -> Self {
+        self.rollout = state
+            .rollouts
+            .plans()
+            .get(&self.name)
+            .map(|p| rollout_view(&p.rollout, &state.fleet, with_nodes));
+        self
+    }
 }
 
 impl From<&DeploymentRecord> for DeploymentView {
@@ -134,7 +266,9 @@ impl From<&DeploymentRecord> for DeploymentView {
             publish_prefixes: d.publish_prefixes.clone(),
             tick_ms: d.tick_ms,
             limits: LimitsView::from(&d.limits),
+            strategy: d.strategy.clone(),
             created_at: rfc3339(d.created_at_ms),
+            rollout: None,
         }
     }
 }
@@ -142,7 +276,11 @@ impl From<&DeploymentRecord> for DeploymentView {
 async fn list(State(state): State<AppState>) -> Result<Json<Vec<DeploymentView>>, ApiError> {
     let mut all = state.store.deployments()?;
     all.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(all.iter().map(DeploymentView::from).collect()))
+    Ok(Json(
+        all.iter()
+            .map(|d| DeploymentView::from(d).with_rollout(&state, false))
+            .collect(),
+    ))
 }
 
 async fn show(
@@ -153,7 +291,37 @@ async fn show(
         .store
         .deployment(&name)?
         .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))?;
-    Ok(Json(DeploymentView::from(&d)))
+    Ok(Json(DeploymentView::from(&d).with_rollout(&state, true)))
+}
+
+async fn pause(
+    state: State<AppState>,
+    name: Path<String>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    control(state, name, Control::Pause).await
+}
+
+async fn resume(
+    state: State<AppState>,
+    name: Path<String>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    control(state, name, Control::Resume).await
+}
+
+async fn abort(
+    state: State<AppState>,
+    name: Path<String>,
+) -> Result<Json<DeploymentView>, ApiError> {
+    control(state, name, Control::Abort).await
+}
+
+async fn control(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    control: Control,
+) -> Result<Json<DeploymentView>, ApiError> {
+    state.rollouts.control(&name, control).await?;
+    show(State(state), Path(name)).await
 }
 
 fn resolve_module(state: &AppState, reference: &str) -> Result<ModuleRecord, ApiError> {
@@ -194,6 +362,9 @@ fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
     }
     if req.tick_ms.is_some_and(|t| t < 10) {
         return Err(ApiError::bad_request("tick_ms must be at least 10"));
+    }
+    if let Some(strategy) = &req.strategy {
+        strategy.validate().map_err(ApiError::bad_request)?;
     }
     if let Some(l) = &req.limits {
         if l.memory_bytes.is_some_and(|m| m < MIN_MEMORY_BYTES) {
@@ -256,14 +427,12 @@ async fn create(
         publish_prefixes: req.publish_prefixes,
         tick_ms: req.tick_ms,
         limits: req.limits.as_ref().map(Limits::from).unwrap_or_default(),
+        strategy: req.strategy.unwrap_or_default(),
         created_at_ms: now_ms(),
     };
     state.store.put_deployment(&record)?;
     tracing::info!(deployment = %record.name, revision, module = %record.module.digest, "deployment created");
-    let named = match &record.target {
-        Target::Nodes(ids) => ids.clone(),
-        Target::Labels(_) => Vec::new(),
-    };
-    state.reconciler.all(&named).await?;
-    Ok((StatusCode::CREATED, Json(DeploymentView::from(&record))))
+    let view = DeploymentView::from(&record);
+    state.rollouts.deploy(record).await?;
+    Ok((StatusCode::CREATED, Json(view.with_rollout(&state, true))))
 }

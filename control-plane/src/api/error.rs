@@ -80,6 +80,17 @@ impl From<crate::reconcile::Error> for ApiError {
     }
 }
 
+impl From<crate::rollout::Error> for ApiError {
+    fn from(e: crate::rollout::Error) -> Self {
+        use crate::rollout::Error;
+        match e {
+            Error::Unknown(_) => Self::not_found(e.to_string()),
+            Error::NotActive(_) => Self::conflict(e.to_string()),
+            other => Self::internal(other),
+        }
+    }
+}
+
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         Self::bad_request(r.body_text())

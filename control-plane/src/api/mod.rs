@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 
 use crate::fleet::Fleet;
-use crate::reconcile::Reconciler;
+use crate::rollout::Rollouts;
 use crate::store::Store;
 
 /// What every handler can reach. Cheap to clone.
@@ -21,7 +21,7 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub fleet: Arc<Fleet>,
-    pub reconciler: Arc<Reconciler>,
+    pub rollouts: Arc<Rollouts>,
     pub max_module_size: usize,
 }
 

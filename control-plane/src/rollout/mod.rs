@@ -1,0 +1,361 @@
+//! Rollouts: how a deployment's new revision reaches its nodes, gated on their health.
+//!
+//! - [`strategy`]: canary size, batch size, bake time, failure ratio.
+//! - [`plan`]: one deployment's rollout as a pure state machine.
+//! - [`Rollouts`] (here): drives every deployment's rollout. A step observes the fleet
+//!   registry, advances each rollout, persists the ones that changed and hands the nodes
+//!   whose assigned revision changed to the [`Reconciler`], which recomputes and publishes
+//!   their desired states. Steps run every [`STEP_INTERVAL`] and at once when a deployment
+//!   is posted or controlled, or a node joins or changes labels.
+//!
+//! [`Plans`] holds each deployment's rollout and the revisions it assigns; it is the one
+//! source of "which revision does node X run" and the reconciler only reads it.
+
+pub mod plan;
+pub mod strategy;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use wedge_shared::messages::ModuleSpec;
+
+use crate::desired;
+use crate::fleet::Fleet;
+use crate::reconcile::{self, Reconciler};
+use crate::store::{self, DeploymentRecord, Liveness, Store, Target};
+use crate::time::now_ms;
+use plan::{NotActive, Observed, Report, Rollout};
+
+/// How often rollouts advance without a nudge (bake timers, health changes).
+pub const STEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why a rollout operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Reconcile(#[from] reconcile::Error),
+    #[error("no deployment named {0}")]
+    Unknown(String),
+    #[error(transparent)]
+    NotActive(#[from] NotActive),
+    #[error("revision {revision} of deployment {name} is missing from the store")]
+    MissingRevision { name: String, revision: u64 },
+}
+
+/// One deployment: its rollout and the revisions it assigns.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub rollout: Rollout,
+    /// Every revision the rollout refers to (its own, the stable one, those still assigned).
+    pub specs: BTreeMap<u64, DeploymentRecord>,
+}
+
+impl Plan {
+    /// The revision being rolled out.
+    pub fn current(&self) -> Option<&DeploymentRecord> {
+        self.specs.get(&self.rollout.revision)
+    }
+
+    fn referenced(&self) -> BTreeSet<u64> {
+        let r = &self.rollout;
+        let mut out: BTreeSet<u64> = r.assigned.values().copied().collect();
+        out.insert(r.revision);
+        out.extend(r.stable);
+        out.extend(r.nodes.values().filter_map(|p| p.prior));
+        out
+    }
+
+    /// Loads referenced revisions that are missing and forgets unreferenced ones.
+    fn sync_specs(&mut self, name: &str, store: &Store) -> Result<(), Error> {
+        let wanted = self.referenced();
+        self.specs.retain(|r, _| wanted.contains(r));
+        for revision in wanted {
+            if !self.specs.contains_key(&revision) {
+                let record =
+                    store
+                        .revision(name, revision)?
+                        .ok_or_else(|| Error::MissingRevision {
+                            name: name.to_string(),
+                            revision,
+                        })?;
+                self.specs.insert(revision, record);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every deployment's plan, by name.
+#[derive(Debug, Default)]
+pub struct Plans {
+    inner: RwLock<BTreeMap<String, Plan>>,
+}
+
+impl Plans {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Plan>> {
+        // Poisoning only follows a panic elsewhere; the map is still consistent.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Plan>> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The modules node `id` should run: each deployment's assigned revision.
+    pub fn modules_for(&self, id: &str) -> Vec<ModuleSpec> {
+        let plans = self.read();
+        let records = plans
+            .values()
+            .filter_map(|p| p.rollout.assigned.get(id).and_then(|rev| p.specs.get(rev)));
+        desired::modules_for(records)
+    }
+
+    /// A copy of one deployment's plan.
+    pub fn get(&self, name: &str) -> Option<Plan> {
+        self.read().get(name).cloned()
+    }
+
+    /// Runs `f` over every plan, by name.
+    pub fn each<T>(&self, mut f: impl FnMut(&str, &Plan) -> T) -> Vec<T> {
+        self.read().iter().map(|(n, p)| f(n, p)).collect()
+    }
+}
+
+/// An operator's request on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// Drives the rollouts. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Rollouts {
+    store: Store,
+    fleet: Arc<Fleet>,
+    reconciler: Arc<Reconciler>,
+    plans: Arc<Plans>,
+    wake: Notify,
+    /// One step at a time: steps and operator requests never interleave.
+    lock: tokio::sync::Mutex<()>,
+    /// Nodes whose desired state could not be published; retried on the next step.
+    retry: std::sync::Mutex<BTreeSet<String>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Rollouts {
+    /// Loads every deployment's rollout from the store. A deployment stored without one
+    /// starts a default rollout of its latest revision.
+    pub fn load(
+        store: Store,
+        fleet: Arc<Fleet>,
+        reconciler: Arc<Reconciler>,
+        plans: Arc<Plans>,
+    ) -> Result<Self, Error> {
+        {
+            let mut map = plans.write();
+            for d in store.deployments()? {
+                let rollout = match store.rollout(&d.name)? {
+                    Some(r) => r,
+                    None => Rollout::first(d.revision, d.strategy.clone(), now_ms()),
+                };
+                let mut plan = Plan {
+                    rollout,
+                    specs: BTreeMap::new(),
+                };
+                plan.sync_specs(&d.name, &store)?;
+                map.insert(d.name.clone(), plan);
+            }
+        }
+        Ok(Self {
+            store,
+            fleet,
+            reconciler,
+            plans,
+            wake: Notify::new(),
+            lock: tokio::sync::Mutex::new(()),
+            retry: Default::default(),
+        })
+    }
+
+    pub fn plans(&self) -> &Arc<Plans> {
+        &self.plans
+    }
+
+    /// Asks for a step soon (a node joined or changed labels).
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Starts rolling out a stored revision; a rollout in progress is superseded.
+    pub async fn deploy(&self, record: DeploymentRecord) -> Result<(), Error> {
+        {
+            let _guard = self.lock.lock().await;
+            let now = now_ms();
+            let mut plans = self.plans.write();
+            let name = record.name.clone();
+            let plan = match plans.remove(&name) {
+                Some(mut old) => {
+                    old.rollout =
+                        old.rollout
+                            .supersede(record.revision, record.strategy.clone(), now);
+                    old
+                }
+                None => Plan {
+                    rollout: Rollout::first(record.revision, record.strategy.clone(), now),
+                    specs: BTreeMap::new(),
+                },
+            };
+            let mut plan = plan;
+            plan.specs.insert(record.revision, record);
+            plan.sync_specs(&name, &self.store)?;
+            self.store.put_rollout(&name, &plan.rollout)?;
+            plans.insert(name, plan);
+        }
+        self.step_logged().await;
+        Ok(())
+    }
+
+    /// Pauses, resumes or aborts a deployment's rollout.
+    pub async fn control(&self, name: &str, control: Control) -> Result<(), Error> {
+        {
+            let _guard = self.lock.lock().await;
+            let mut plans = self.plans.write();
+            let plan = plans
+                .get_mut(name)
+                .ok_or_else(|| Error::Unknown(name.to_string()))?;
+            match control {
+                Control::Pause => plan.rollout.pause()?,
+                Control::Resume => plan.rollout.resume()?,
+                Control::Abort => plan.rollout.abort(now_ms())?,
+            }
+            tracing::info!(deployment = name, ?control, "rollout controlled");
+            self.store.put_rollout(name, &plan.rollout)?;
+        }
+        self.step_logged().await;
+        Ok(())
+    }
+
+    /// A step whose failure is logged: the request it follows is already recorded, and
+    /// the next periodic step retries.
+    async fn step_logged(&self) {
+        if let Err(e) = self.step().await {
+            tracing::warn!(error = %e, "rollout step failed; retrying on the next one");
+        }
+    }
+
+    /// Advances every rollout once and publishes the desired states that changed.
+    pub async fn step(&self) -> Result<(), Error> {
+        let _guard = self.lock.lock().await;
+        let now = now_ms();
+        let mut changed = BTreeSet::new();
+        {
+            let mut plans = self.plans.write();
+            for (name, plan) in plans.iter_mut() {
+                let observed = self.observe(name, plan);
+                let changes = plan.rollout.step(now, &observed);
+                if changes.dirty {
+                    plan.sync_specs(name, &self.store)?;
+                    self.store.put_rollout(name, &plan.rollout)?;
+                }
+                changed.extend(changes.assignments);
+            }
+        }
+        changed.append(&mut lock(&self.retry));
+        if !changed.is_empty()
+            && let Err(e) = self.reconciler.nodes(changed.iter().cloned()).await
+        {
+            // The assignments moved on; their desired states must still follow.
+            lock(&self.retry).append(&mut changed);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// What the rollout of deployment `name` needs to know about each relevant node.
+    fn observe(&self, name: &str, plan: &Plan) -> BTreeMap<String, Observed> {
+        let mut out = BTreeMap::new();
+        let Some(current) = plan.current() else {
+            return out;
+        };
+        let stable = plan.rollout.stable.and_then(|s| plan.specs.get(&s));
+        let rollout = &plan.rollout;
+        self.fleet.for_each(|n| {
+            let targeted = current.target.selects(&n.id, &n.labels);
+            let stable_targeted = stable.is_some_and(|s| s.target.selects(&n.id, &n.labels));
+            if !targeted
+                && !stable_targeted
+                && !rollout.assigned.contains_key(&n.id)
+                && !rollout.nodes.contains_key(&n.id)
+            {
+                return;
+            }
+            // A report counts only once the node applied its latest desired state: a
+            // revision with the same module but other config must really be running.
+            let applied = self
+                .reconciler
+                .generation(&n.id)
+                .is_none_or(|g| n.applied_generation >= g);
+            let report = n
+                .modules
+                .iter()
+                .find(|m| m.name == name && m.digest == current.module.digest)
+                .filter(|_| applied)
+                .map(|m| Report {
+                    state: m.state,
+                    restarts: m.restarts,
+                    error: m.last_error.clone(),
+                });
+            out.insert(
+                n.id.clone(),
+                Observed {
+                    online: n.liveness == Liveness::Online,
+                    targeted,
+                    stable_targeted,
+                    report,
+                },
+            );
+        });
+        // Nodes named by id that have never connected: assigned now, told when they come.
+        for (record, is_current) in [(Some(current), true), (stable, false)] {
+            if let Some(DeploymentRecord {
+                target: Target::Nodes(ids),
+                ..
+            }) = record
+            {
+                for id in ids {
+                    let o = out.entry(id.clone()).or_default();
+                    if is_current {
+                        o.targeted = true;
+                    } else {
+                        o.stable_targeted = true;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Steps every [`STEP_INTERVAL`] or when nudged, until shutdown.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(STEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
+            }
+            self.step_logged().await;
+        }
+    }
+}
