@@ -92,7 +92,7 @@ impl App {
             reconciler: reconciler.clone(),
             rollouts: rollouts.clone(),
             publisher,
-            counters,
+            counters: counters.clone(),
         };
         tracker.spawn(session.run(ctx, shutdown.clone()));
         tracker.spawn(rollouts.clone().run(shutdown.clone()));
@@ -112,6 +112,7 @@ impl App {
             store: store.clone(),
             fleet,
             rollouts,
+            counters,
             max_module_size: config.max_module_size,
         });
         let api_shutdown = shutdown.clone();

@@ -35,6 +35,8 @@ const INBOUND_QUEUE: usize = 4096;
 /// Counters of the session.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Live heartbeats processed.
+    pub heartbeats: AtomicU64,
     pub decode_errors: AtomicU64,
     pub dropped_inbound: AtomicU64,
     pub impersonation: AtomicU64,
@@ -259,6 +261,9 @@ async fn on_status(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
     match status {
         StatusMessage::Heartbeat(hb) => {
             let desired_generation = hb.desired_generation;
+            if !msg.retained {
+                ctx.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+            }
             let seen = ctx.fleet.heartbeat(hb, !msg.retained, now_ms())?;
             if seen.new {
                 tracing::info!(node = msg.node, "node joined");

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 pub mod demo;
 pub mod process;
 pub mod proxy;
+pub mod sim;
 
 /// Polls `check` every 50 ms until it yields `Some`, or fails after `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
@@ -265,6 +266,51 @@ impl Api {
             .iter()
             .find(|m| m["name"] == name)
             .cloned()
+    }
+
+    /// A deployment with its rollout, if it exists.
+    pub async fn deployment(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        let (status, body) = self.get(&format!("/api/v1/deployments/{name}")).await?;
+        Ok((status == 200).then_some(body))
+    }
+
+    /// Waits until deployment `name`'s rollout of `revision` reaches `phase`.
+    pub async fn wait_rollout(
+        &self,
+        name: &str,
+        revision: u64,
+        phase: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<Value> {
+        wait_for(
+            &format!("rollout of {name} revision {revision} {phase}"),
+            deadline,
+            || async {
+                self.deployment(name).await.ok().flatten().filter(|d| {
+                    d["rollout"]["revision"] == revision && d["rollout"]["phase"] == phase
+                })
+            },
+        )
+        .await
+    }
+
+    /// Waits until node `id` runs module instance `name` from blob `digest`.
+    pub async fn wait_running_digest(
+        &self,
+        id: &str,
+        name: &str,
+        digest: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<Value> {
+        wait_for(
+            &format!("{name} running {digest} on {id}"),
+            deadline,
+            || async {
+                let m = self.module(id, name).await?;
+                (m["state"] == "running" && m["digest"] == digest).then_some(m)
+            },
+        )
+        .await
     }
 
     /// One node's JSON, if the control plane knows it.

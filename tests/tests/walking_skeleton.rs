@@ -222,57 +222,6 @@ async fn api_refuses_bad_input_clearly() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_runs_saved_modules_without_the_control_plane() -> anyhow::Result<()> {
-    // A node converges through a selector, is stopped, and boots again with the control
-    // plane gone: it runs its module from its own store.
-    let cp = ControlPlane::start().await?;
-    let dir = tempfile::tempdir()?;
-    let node_config = |cp_url: String| wedge_edge_node::Config {
-        node_id: "edge-auto".into(),
-        data_dir: dir.path().to_path_buf(),
-        control_plane: cp_url,
-        local_mqtt_listen: "127.0.0.1:0".parse().expect("literal address"),
-        labels: [("role".to_string(), "gw".to_string())].into(),
-        heartbeat_interval_secs: 1,
-        ..Default::default()
-    };
-    let node = wedge_edge_node::App::start(node_config(cp.mqtt_url())).await?;
-    cp.api.upload_module("threshold-alert", "1").await?;
-    let (status, body) = cp
-        .api
-        .post_json(
-            "/api/v1/deployments",
-            &json!({
-                "name": "gw-alert",
-                "module": "threshold-alert@1",
-                "selector": {"labels": {"role": "gw"}},
-                "subscriptions": ["s/#"],
-                "config": {"threshold": 1, "alert_topic": "a"},
-            }),
-        )
-        .await?;
-    assert_eq!(status, 201, "{body}");
-    cp.api
-        .wait_module_state("edge-auto", "gw-alert", "running", DEADLINE)
-        .await?;
-    node.stop().await;
-    cp.stop().await;
-
-    // The control plane is gone; nothing listens at its address any more.
-    let node = wedge_edge_node::App::start(node_config("mqtt://127.0.0.1:9".into())).await?;
-    let mut device = Device::connect(node.local_mqtt_addr(), "dev", &["a"]).await?;
-    // Booting started the saved module and its route before returning, so this first
-    // reading is queued for it even while it initialises.
-    device.publish("s/x", b"5").await?;
-    let (topic, payload) = device.recv(DEADLINE).await?;
-    assert_eq!(topic, "a");
-    let v: Value = serde_json::from_slice(&payload)?;
-    assert_eq!(v["value"], 5.0);
-    node.stop().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_alerts() -> anyhow::Result<()> {
     let (alerts, mut seen) = tokio::sync::mpsc::channel(16);
     let stop = tokio_util::sync::CancellationToken::new();

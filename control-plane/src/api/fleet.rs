@@ -1,6 +1,7 @@
 //! `/api/v1/fleet`: what is wrong with the fleet right now, and since when, in one answer.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::routing::get;
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::ApiError;
 use super::nodes::health;
+use crate::mqtt::Counters;
 use crate::time::rfc3339;
 
 /// Problems listed, at most.
@@ -27,6 +29,35 @@ pub struct FleetView {
     pub deployments: Vec<DeploymentHealth>,
     /// Degraded and offline nodes, the longest-standing first.
     pub problems: Vec<Problem>,
+    /// What the control plane has taken in since it started.
+    pub ingest: Ingest,
+}
+
+/// Counters of the control plane's MQTT session since it started.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ingest {
+    pub heartbeats: u64,
+    pub telemetry_records: u64,
+    pub telemetry_duplicates: u64,
+    /// Messages dropped because the inbound queue was full (senders retry).
+    pub dropped_inbound: u64,
+    pub decode_errors: u64,
+    /// Messages refused for claiming another node's identity.
+    pub impersonation: u64,
+}
+
+impl From<&Counters> for Ingest {
+    fn from(c: &Counters) -> Self {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Self {
+            heartbeats: get(&c.heartbeats),
+            telemetry_records: get(&c.telemetry_stored),
+            telemetry_duplicates: get(&c.telemetry_duplicates),
+            dropped_inbound: get(&c.dropped_inbound),
+            decode_errors: get(&c.decode_errors),
+            impersonation: get(&c.impersonation),
+        }
+    }
 }
 
 /// How one deployment's current revision is doing across the nodes that report it.
@@ -35,7 +66,12 @@ pub struct DeploymentHealth {
     pub name: String,
     pub revision: u64,
     pub module: String,
-    /// Node counts by module state (`running`, `failed`, `fetching`, `starting`).
+    /// The rollout phase of the latest revision.
+    pub phase: String,
+    /// Node counts by the revision they are told to run.
+    pub revisions: BTreeMap<String, u64>,
+    /// Node counts by the state of the latest revision's module (`running`, `failed`,
+    /// `fetching`, `starting`).
     pub states: BTreeMap<String, u64>,
 }
 
@@ -97,10 +133,17 @@ async fn summary(State(state): State<AppState>) -> Result<Json<FleetView>, ApiEr
                     *states.entry(m.state.as_str().to_string()).or_default() += 1;
                 }
             }
+            let plan = state.rollouts.plans().get(&d.name);
+            let mut revisions = BTreeMap::new();
+            for rev in plan.iter().flat_map(|p| p.rollout.assigned.values()) {
+                *revisions.entry(rev.to_string()).or_default() += 1;
+            }
             DeploymentHealth {
                 name: d.name,
                 revision: d.revision,
                 module: format!("{}@{}", d.module.name, d.module.version),
+                phase: plan.map_or("unknown", |p| p.rollout.phase.as_str()).into(),
+                revisions,
                 states,
             }
         })
@@ -114,5 +157,6 @@ async fn summary(State(state): State<AppState>) -> Result<Json<FleetView>, ApiEr
             .take(TOP_PROBLEMS)
             .map(|(_, p)| p)
             .collect(),
+        ingest: Ingest::from(&*state.counters),
     }))
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 
 use crate::fleet::Fleet;
+use crate::mqtt::Counters;
 use crate::rollout::Rollouts;
 use crate::store::Store;
 
@@ -22,6 +23,7 @@ pub struct AppState {
     pub store: Store,
     pub fleet: Arc<Fleet>,
     pub rollouts: Arc<Rollouts>,
+    pub counters: Arc<Counters>,
     pub max_module_size: usize,
 }
 

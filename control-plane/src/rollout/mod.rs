@@ -75,7 +75,7 @@ impl Plan {
         let wanted = self.referenced();
         self.specs.retain(|r, _| wanted.contains(r));
         for revision in wanted {
-            if !self.specs.contains_key(&revision) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.specs.entry(revision) {
                 let record =
                     store
                         .revision(name, revision)?
@@ -83,7 +83,7 @@ impl Plan {
                             name: name.to_string(),
                             revision,
                         })?;
-                self.specs.insert(revision, record);
+                slot.insert(record);
             }
         }
         Ok(())
