@@ -23,6 +23,12 @@ pub struct Seen {
 /// A node whose telemetry buffer is fuller than this share of its quota is degraded.
 pub const BUFFER_DEGRADED_RATIO: f64 = 0.8;
 
+/// A node whose data disk has less than this share free is degraded.
+pub const DISK_FREE_MIN_RATIO: f64 = 0.05;
+
+/// A node with less than this share of its memory available is degraded.
+pub const MEMORY_AVAILABLE_MIN_RATIO: f64 = 0.05;
+
 /// What is wrong with a node, judged from its heartbeat (pure).
 pub fn problems(hb: &Heartbeat) -> Vec<String> {
     let mut out: Vec<String> = hb
@@ -34,6 +40,26 @@ pub fn problems(hb: &Heartbeat) -> Vec<String> {
             None => format!("module {} failing", m.name),
         })
         .collect();
+    let r = &hb.resources;
+    if r.disk_total_bytes > 0
+        && (r.disk_free_bytes as f64) < r.disk_total_bytes as f64 * DISK_FREE_MIN_RATIO
+    {
+        out.push(format!(
+            "disk {}% full ({} MiB free)",
+            100 - r.disk_free_bytes * 100 / r.disk_total_bytes,
+            r.disk_free_bytes >> 20
+        ));
+    }
+    if r.memory_total_bytes > 0
+        && (r.memory_available_bytes as f64)
+            < r.memory_total_bytes as f64 * MEMORY_AVAILABLE_MIN_RATIO
+    {
+        out.push(format!(
+            "memory {}% used ({} MiB available)",
+            100 - r.memory_available_bytes * 100 / r.memory_total_bytes,
+            r.memory_available_bytes >> 20
+        ));
+    }
     let b = &hb.buffer;
     if b.quota_bytes > 0 && b.bytes as f64 > b.quota_bytes as f64 * BUFFER_DEGRADED_RATIO {
         out.push(format!(
@@ -73,7 +99,7 @@ pub struct EventRecord {
 /// The registry. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Fleet {
-    nodes: RwLock<HashMap<String, NodeRecord>>,
+    nodes: RwLock<BTreeMap<String, NodeRecord>>,
     events: Mutex<HashMap<String, VecDeque<EventRecord>>>,
     store: Store,
 }
@@ -131,12 +157,12 @@ impl Fleet {
         )
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, NodeRecord>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, NodeRecord>> {
         // Poisoning only follows a panic in another thread; the map itself is still valid.
         self.nodes.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, NodeRecord>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, NodeRecord>> {
         self.nodes.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -146,6 +172,7 @@ impl Fleet {
         let now_problems = problems(&hb);
         let mut came_online = false;
         let mut health_change = None;
+        let persist;
         let (record, seen) = {
             let mut nodes = self.write();
             let seen;
@@ -176,6 +203,7 @@ impl Fleet {
                         applied_generation: 0,
                         modules: Vec::new(),
                         buffer: Default::default(),
+                        resources: Default::default(),
                         problems: Vec::new(),
                         problems_since_ms: now_ms,
                     })
@@ -190,6 +218,17 @@ impl Fleet {
                 }
                 record.last_seen_ms = now_ms;
             }
+            // Only `last_seen` moving is not worth a write: an idle fleet's heartbeats stay
+            // in memory (after a restart, nodes are heard again within an interval).
+            persist = came_online
+                || record.labels != hb.labels
+                || record.arch != hb.arch
+                || record.version != hb.version
+                || record.desired_generation != hb.desired_generation
+                || record.applied_generation != hb.applied_generation
+                || record.modules != hb.modules
+                || record.buffer != hb.buffer
+                || record.problems != now_problems;
             record.labels = hb.labels;
             record.arch = hb.arch;
             record.version = hb.version;
@@ -208,6 +247,8 @@ impl Fleet {
             record.problems = now_problems;
             record.modules = hb.modules;
             record.buffer = hb.buffer;
+            // Not a reason to write on its own: it moves with every heartbeat.
+            record.resources = hb.resources;
             (record.clone(), seen)
         };
         if came_online {
@@ -216,7 +257,9 @@ impl Fleet {
         if let Some(event) = health_change {
             self.record(&record.id, now_ms, event);
         }
-        self.store.put_node(&record)?;
+        if persist {
+            self.store.put_node(&record)?;
+        }
         Ok(seen)
     }
 
@@ -273,9 +316,13 @@ impl Fleet {
 
     /// All nodes, sorted by id.
     pub fn list(&self) -> Vec<NodeRecord> {
-        let mut all: Vec<NodeRecord> = self.read().values().cloned().collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
+        self.map(NodeRecord::clone)
+    }
+
+    /// `f` of every node, in id order, without copying the records first (the list of
+    /// 10,000 nodes is read often and heartbeats wait while it is).
+    pub fn map<T>(&self, f: impl FnMut(&NodeRecord) -> T) -> Vec<T> {
+        self.read().values().map(f).collect()
     }
 
     /// Runs `f` over every node without copying the registry (a rollout step reads
@@ -300,6 +347,7 @@ mod tests {
             applied_generation: 0,
             modules: vec![],
             buffer: Default::default(),
+            resources: Default::default(),
         }
     }
 
@@ -401,6 +449,12 @@ mod tests {
             restarts: 3,
             stats: Default::default(),
         });
+        sick.resources = wedge_shared::messages::Resources {
+            disk_free_bytes: 1 << 20,
+            disk_total_bytes: 100 << 20,
+            memory_available_bytes: 50,
+            memory_total_bytes: 100,
+        };
         sick.buffer = BufferStatus {
             pending: 10,
             bytes: 90,
@@ -414,6 +468,7 @@ mod tests {
             n.problems,
             [
                 "module m failing: trapped",
+                "disk 99% full (1 MiB free)",
                 "telemetry buffer 90% full (10 records waiting)"
             ]
         );

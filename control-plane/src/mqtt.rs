@@ -146,6 +146,7 @@ impl Session {
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let handler = tokio::spawn(handle_inbound(rx, ctx.clone()));
         let mut backoff = Duration::from_millis(100);
+        let mut drops = DropLog::default();
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -185,7 +186,7 @@ impl Session {
                     };
                     if tx.try_send(inbound).is_err() {
                         ctx.counters.dropped_inbound.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(topic, "inbound queue full, message dropped");
+                        drops.dropped(&topic);
                     }
                 }
                 Ok(_) => {}
@@ -207,6 +208,32 @@ impl Session {
         })
         .await;
         let _ = handler.await;
+    }
+}
+
+/// Logs inbound drops at most once a second: under overload a line per message would
+/// add to the overload.
+#[derive(Default)]
+struct DropLog {
+    since_last: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl DropLog {
+    fn dropped(&mut self, topic: &str) {
+        self.since_last += 1;
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                dropped = self.since_last,
+                last_topic = topic,
+                "inbound queue full, messages dropped (senders retry)"
+            );
+            self.since_last = 0;
+            self.last = Some(std::time::Instant::now());
+        }
     }
 }
 

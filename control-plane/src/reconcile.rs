@@ -38,7 +38,7 @@ pub struct Reconciler {
     /// Serialises recomputation so two changes never race on a node's generation.
     lock: tokio::sync::Mutex<()>,
     last_sent: Mutex<HashMap<String, Instant>>,
-    /// Each node's current desired generation (a cache of the store).
+    /// Each node's current desired generation, 0 for none (a cache of the store).
     generations: Mutex<HashMap<String, u64>>,
 }
 
@@ -57,12 +57,19 @@ impl Reconciler {
     /// The generation of node `id`'s desired state; `None` when it has none.
     pub fn generation(&self, id: &str) -> Option<u64> {
         let mut cache = self.generations.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(g) = cache.get(id) {
-            return Some(*g);
-        }
-        let g = self.store.desired(id).ok().flatten()?.generation;
-        cache.insert(id.to_string(), g);
-        Some(g)
+        // 0 caches "none" (generations start at 1), so nodes without modules cost no read.
+        let g = match cache.get(id) {
+            Some(g) => *g,
+            None => {
+                let g = match self.store.desired(id) {
+                    Ok(d) => d.map_or(0, |d| d.generation),
+                    Err(_) => return None,
+                };
+                cache.insert(id.to_string(), g);
+                g
+            }
+        };
+        (g > 0).then_some(g)
     }
 
     /// Recomputes the desired state of these nodes from their assigned revisions; stores
@@ -104,6 +111,10 @@ impl Reconciler {
     /// Re-sends the desired state when a node reports an older generation than the
     /// stored one.
     pub async fn resend_if_behind(&self, id: &str, reported_generation: u64) -> Result<(), Error> {
+        // The common case, answered from memory: the node is up to date (or has nothing).
+        if self.generation(id).is_none_or(|g| g == reported_generation) {
+            return Ok(());
+        }
         let Some(current) = self.store.desired(id)? else {
             return Ok(());
         };

@@ -124,6 +124,8 @@ pub struct NodeRecord {
     pub modules: Vec<ModuleStatus>,
     #[serde(default)]
     pub buffer: wedge_shared::messages::BufferStatus,
+    #[serde(default)]
+    pub resources: wedge_shared::messages::Resources,
     /// What is wrong with the node while it is online (empty: healthy).
     #[serde(default)]
     pub problems: Vec<String>,

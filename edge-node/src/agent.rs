@@ -35,6 +35,8 @@ pub struct Identity {
     pub node_id: String,
     pub labels: BTreeMap<String, String>,
     pub heartbeat_interval: Duration,
+    /// Where the node keeps its data (its disk is reported).
+    pub data_dir: std::path::PathBuf,
     pub max_module_size: u64,
     pub limits: ModuleLimits,
 }
@@ -429,6 +431,7 @@ impl Agent {
             applied_generation: self.applied_generation,
             modules: self.modules(),
             buffer: self.buffer.status(now_ms),
+            resources: crate::resources::sample(&self.identity.data_dir),
         };
         self.uplink.heartbeat(&hb);
     }

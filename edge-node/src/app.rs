@@ -79,6 +79,7 @@ impl App {
                 node_id: config.node_id.clone(),
                 labels: config.labels.clone(),
                 heartbeat_interval: config.heartbeat_interval(),
+                data_dir: config.data_dir.clone(),
                 max_module_size: config.max_module_size,
                 limits: config.limits.clone(),
             },

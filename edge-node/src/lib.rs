@@ -27,6 +27,7 @@ pub mod app;
 pub mod buffer;
 pub mod config;
 pub mod events;
+pub mod resources;
 pub mod router;
 pub mod runtime;
 pub mod store;

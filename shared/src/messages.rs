@@ -43,6 +43,17 @@ pub struct Heartbeat {
     pub modules: Vec<ModuleStatus>,
     #[serde(default)]
     pub buffer: BufferStatus,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// The node's disk (the file system of its data directory) and memory; 0 means unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub disk_free_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub memory_total_bytes: u64,
 }
 
 /// Why a node went offline.
@@ -325,6 +336,12 @@ mod tests {
                         oldest_age_ms: sent_at_ms,
                         dropped: 7,
                         quota_bytes: 9,
+                    },
+                    resources: Resources {
+                        disk_free_bytes: dg,
+                        disk_total_bytes: ag,
+                        memory_available_bytes: 3,
+                        memory_total_bytes: sent_at_ms,
                     },
                 },
             )

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wedge_shared::Digest;
@@ -89,13 +89,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Shared by every simulated node.
-#[derive(Default)]
 struct Shared {
     /// (node index or every node, digest) pairs that fail.
     failing: RwLock<HashSet<(Option<usize>, Digest)>>,
     heartbeats_sent: AtomicU64,
     heartbeats_dropped: AtomicU64,
-    beat_now: Notify,
+    /// Heartbeats each node sends at once when the value changes.
+    burst: watch::Sender<(u64, usize)>,
 }
 
 impl Shared {
@@ -117,7 +117,12 @@ pub struct SimFleet {
 impl SimFleet {
     /// Starts `n` nodes named `{prefix}-{index:05}` against the broker at `broker`.
     pub fn start(broker: SocketAddr, prefix: &str, n: usize, options: SimOptions) -> Self {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            failing: RwLock::default(),
+            heartbeats_sent: AtomicU64::new(0),
+            heartbeats_dropped: AtomicU64::new(0),
+            burst: watch::channel((0, 0)).0,
+        });
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut nodes = Vec::with_capacity(n);
@@ -160,9 +165,11 @@ impl SimFleet {
         }
     }
 
-    /// Every node sends a heartbeat now.
-    pub fn beat_now(&self) {
-        self.shared.beat_now.notify_waiters();
+    /// Every node sends `count` heartbeats at once (at most its channel's capacity).
+    pub fn burst(&self, count: usize) {
+        self.shared
+            .burst
+            .send_modify(|(round, n)| (*round, *n) = (*round + 1, count));
     }
 
     /// Nodes connected to the broker.
@@ -231,6 +238,7 @@ async fn run_node(
             applied_generation: applied,
             modules: st.modules.clone(),
             buffer: Default::default(),
+            resources: Default::default(),
         }))
     };
     let beat = |payload: Vec<u8>| {
@@ -243,10 +251,18 @@ async fn run_node(
             shared.heartbeats_dropped.fetch_add(1, Ordering::Relaxed);
         }
     };
+    let mut burst = shared.burst.subscribe();
     let mut tick = tokio::time::interval(options.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry_after: Option<Instant> = None;
+    // Set on every connect until the SUBSCRIBE fits in the client's channel.
+    let mut must_subscribe = false;
     loop {
+        if must_subscribe {
+            must_subscribe = client
+                .try_subscribe(&desired_topic, QoS::AtLeastOnce)
+                .is_err();
+        }
         if retry_after.is_some_and(|t| Instant::now() < t) {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -257,11 +273,18 @@ async fn run_node(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => beat(heartbeat(&node)),
-            _ = shared.beat_now.notified() => beat(heartbeat(&node)),
+            Ok(()) = burst.changed() => {
+                let (_, count) = *burst.borrow_and_update();
+                for _ in 0..count {
+                    beat(heartbeat(&node));
+                }
+            }
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     lock(&node.state).connected = true;
-                    let _ = client.try_subscribe(&desired_topic, QoS::AtLeastOnce);
+                    must_subscribe = client
+                        .try_subscribe(&desired_topic, QoS::AtLeastOnce)
+                        .is_err();
                     beat(heartbeat(&node));
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == desired_topic => {

@@ -233,11 +233,9 @@ fn rollout_view(r: &Rollout, fleet: &Fleet, with_nodes: bool) -> RolloutView {
 
 impl DeploymentView {
     fn with_rollout(mut self, state: &AppState, with_nodes: bool) -> Self {
-        self.rollout = state
-            .rollouts
-            .plans()
-            .get(&self.name)
-            .map(|p| rollout_view(&p.rollout, &state.fleet, with_nodes));
+        self.rollout = state.rollouts.plans().with(&self.name, |p| {
+            rollout_view(&p.rollout, &state.fleet, with_nodes)
+        });
         self
     }
 }

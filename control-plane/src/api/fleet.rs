@@ -1,12 +1,14 @@
 //! `/api/v1/fleet`: what is wrong with the fleet right now, and since when, in one answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use wedge_shared::Digest;
 
 use super::AppState;
 use super::error::ApiError;
@@ -85,16 +87,24 @@ pub struct Problem {
 }
 
 async fn summary(State(state): State<AppState>) -> Result<Json<FleetView>, ApiError> {
-    let nodes = state.fleet.list();
     let mut counts: BTreeMap<String, u64> = ["total", "online", "degraded", "offline"]
         .into_iter()
         .map(|k| (k.to_string(), 0))
         .collect();
     let mut problems = Vec::new();
-    for n in &nodes {
+    // Module states by (instance name, digest), counted in the same pass.
+    let mut module_states: HashMap<(String, Digest), BTreeMap<String, u64>> = HashMap::new();
+    state.fleet.for_each(|n| {
         *counts.entry("total".into()).or_default() += 1;
         let status = health(n);
         *counts.entry(status.into()).or_default() += 1;
+        for m in &n.modules {
+            *module_states
+                .entry((m.name.clone(), m.digest))
+                .or_default()
+                .entry(m.state.as_str().to_string())
+                .or_default() += 1;
+        }
         match status {
             "degraded" => problems.push((
                 n.problems_since_ms,
@@ -116,33 +126,32 @@ async fn summary(State(state): State<AppState>) -> Result<Json<FleetView>, ApiEr
             )),
             _ => {}
         }
-    }
+    });
     problems.sort_by_key(|(since, _)| *since);
     let mut deployments: Vec<DeploymentHealth> = state
         .store
         .deployments()?
         .into_iter()
         .map(|d| {
-            let mut states = BTreeMap::new();
-            for n in &nodes {
-                for m in n
-                    .modules
-                    .iter()
-                    .filter(|m| m.name == d.name && m.digest == d.module.digest)
-                {
-                    *states.entry(m.state.as_str().to_string()).or_default() += 1;
-                }
-            }
-            let plan = state.rollouts.plans().get(&d.name);
-            let mut revisions = BTreeMap::new();
-            for rev in plan.iter().flat_map(|p| p.rollout.assigned.values()) {
-                *revisions.entry(rev.to_string()).or_default() += 1;
-            }
+            let states = module_states
+                .remove(&(d.name.clone(), d.module.digest))
+                .unwrap_or_default();
+            let (phase, revisions) = state
+                .rollouts
+                .plans()
+                .with(&d.name, |p| {
+                    let mut revisions = BTreeMap::new();
+                    for rev in p.rollout.assigned.values() {
+                        *revisions.entry(rev.to_string()).or_default() += 1;
+                    }
+                    (p.rollout.phase.as_str(), revisions)
+                })
+                .unwrap_or(("unknown", BTreeMap::new()));
             DeploymentHealth {
                 name: d.name,
                 revision: d.revision,
                 module: format!("{}@{}", d.module.name, d.module.version),
-                phase: plan.map_or("unknown", |p| p.rollout.phase.as_str()).into(),
+                phase: phase.into(),
                 revisions,
                 states,
             }

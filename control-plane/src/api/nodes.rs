@@ -204,6 +204,8 @@ pub struct NodeView {
     pub modules: Vec<ModuleStateView>,
     /// The node's telemetry backlog: `pending` records, `bytes`, `oldest_age_ms`, `dropped`.
     pub telemetry: wedge_shared::messages::BufferStatus,
+    /// Disk (of the node's data directory) and memory, in bytes; 0 when unknown.
+    pub resources: wedge_shared::messages::Resources,
 }
 
 /// A module instance on a node.
@@ -255,6 +257,7 @@ impl From<&NodeRecord> for NodeView {
             desired_generation: n.desired_generation,
             applied_generation: n.applied_generation,
             telemetry: n.buffer.clone(),
+            resources: n.resources.clone(),
             modules: n
                 .modules
                 .iter()
@@ -272,7 +275,7 @@ impl From<&NodeRecord> for NodeView {
 }
 
 async fn list(State(state): State<AppState>) -> Json<Vec<NodeView>> {
-    Json(state.fleet.list().iter().map(NodeView::from).collect())
+    Json(state.fleet.map(|n| NodeView::from(n)))
 }
 
 async fn show(

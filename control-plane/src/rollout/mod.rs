@@ -32,6 +32,9 @@ use plan::{NotActive, Observed, Report, Rollout};
 /// How often rollouts advance without a nudge (bake timers, health changes).
 pub const STEP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Longest a change of node health alone waits before the rollout is saved.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Why a rollout operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,9 +56,21 @@ pub struct Plan {
     pub rollout: Rollout,
     /// Every revision the rollout refers to (its own, the stable one, those still assigned).
     pub specs: BTreeMap<u64, DeploymentRecord>,
+    /// Changed since last saved.
+    unsaved: bool,
+    saved_at: Option<std::time::Instant>,
 }
 
 impl Plan {
+    fn new(rollout: Rollout) -> Self {
+        Self {
+            rollout,
+            specs: BTreeMap::new(),
+            unsaved: false,
+            saved_at: None,
+        }
+    }
+
     /// The revision being rolled out.
     pub fn current(&self) -> Option<&DeploymentRecord> {
         self.specs.get(&self.rollout.revision)
@@ -115,9 +130,9 @@ impl Plans {
         desired::modules_for(records)
     }
 
-    /// A copy of one deployment's plan.
-    pub fn get(&self, name: &str) -> Option<Plan> {
-        self.read().get(name).cloned()
+    /// `f` of one deployment's plan, without copying it.
+    pub fn with<T>(&self, name: &str, f: impl FnOnce(&Plan) -> T) -> Option<T> {
+        self.read().get(name).map(f)
     }
 
     /// Runs `f` over every plan, by name.
@@ -168,10 +183,7 @@ impl Rollouts {
                     Some(r) => r,
                     None => Rollout::first(d.revision, d.strategy.clone(), now_ms()),
                 };
-                let mut plan = Plan {
-                    rollout,
-                    specs: BTreeMap::new(),
-                };
+                let mut plan = Plan::new(rollout);
                 plan.sync_specs(&d.name, &store)?;
                 map.insert(d.name.clone(), plan);
             }
@@ -210,10 +222,11 @@ impl Rollouts {
                             .supersede(record.revision, record.strategy.clone(), now);
                     old
                 }
-                None => Plan {
-                    rollout: Rollout::first(record.revision, record.strategy.clone(), now),
-                    specs: BTreeMap::new(),
-                },
+                None => Plan::new(Rollout::first(
+                    record.revision,
+                    record.strategy.clone(),
+                    now,
+                )),
             };
             let mut plan = plan;
             plan.specs.insert(record.revision, record);
@@ -221,7 +234,9 @@ impl Rollouts {
             self.store.put_rollout(&name, &plan.rollout)?;
             plans.insert(name, plan);
         }
-        self.step_logged().await;
+        // Publishing thousands of desired states takes a while: the request returns and
+        // the rollout task takes the first step at once.
+        self.nudge();
         Ok(())
     }
 
@@ -262,10 +277,19 @@ impl Rollouts {
             let mut plans = self.plans.write();
             for (name, plan) in plans.iter_mut() {
                 let observed = self.observe(name, plan);
+                let phase = plan.rollout.phase;
                 let changes = plan.rollout.step(now, &observed);
-                if changes.dirty {
+                plan.unsaved |= changes.dirty;
+                // Assignments and phases are saved at once; node health at most once per
+                // SAVE_INTERVAL (a 10,000-node rollout record is a megabyte, and health is
+                // judged again from the next heartbeats after a restart anyway).
+                let must = !changes.assignments.is_empty() || phase != plan.rollout.phase;
+                let due = plan.saved_at.is_none_or(|t| t.elapsed() >= SAVE_INTERVAL);
+                if plan.unsaved && (must || due) {
                     plan.sync_specs(name, &self.store)?;
                     self.store.put_rollout(name, &plan.rollout)?;
+                    plan.unsaved = false;
+                    plan.saved_at = Some(std::time::Instant::now());
                 }
                 changed.extend(changes.assignments);
             }
@@ -351,11 +375,17 @@ impl Rollouts {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
             }
             self.step_logged().await;
+        }
+        let _guard = self.lock.lock().await;
+        for (name, plan) in self.plans.write().iter_mut().filter(|(_, p)| p.unsaved) {
+            if let Err(e) = self.store.put_rollout(name, &plan.rollout) {
+                tracing::warn!(deployment = name, error = %e, "cannot save the rollout");
+            }
         }
     }
 }

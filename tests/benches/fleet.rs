@@ -1,0 +1,242 @@
+//! Fleet-scale benchmark: a real `wedge-control` process driven by simulated nodes
+//! (`wedge_tests::sim`, the real MQTT protocol, one connection per node).
+//!
+//! For each fleet size: time to register every node, time until 99 % (and 100 %) of the
+//! nodes applied a rollout of a small module, heartbeat ingest rate, and HTTP latency of
+//! `GET /api/v1/nodes/{id}` and of the full `GET /api/v1/nodes` with every node registered.
+//!
+//! Run: `cargo build --release --bin wedge-control && cargo bench -p wedge-tests --bench fleet`
+//! (`WEDGE_BENCH_SIZES=1000,10000` by default). Every simulated node holds one socket in
+//! this process and one in the control plane's: 10,000 nodes need `ulimit -n` above
+//! 10,100 in both (the control plane inherits this process's limit).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wedge_tests::process::{Proc, free_port};
+use wedge_tests::sim::{SimFleet, SimOptions};
+use wedge_tests::{Api, wait_for};
+
+const DEADLINE: Duration = Duration::from_secs(600);
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn fleet_counts(api: &Api) -> Option<Value> {
+    let (status, f) = api.get("/api/v1/fleet").await.ok()?;
+    (status == 200).then_some(f)
+}
+
+async fn run(n: usize) -> anyhow::Result<()> {
+    println!("--- {n} simulated nodes ---");
+    let dir = tempfile::tempdir()?;
+    let api_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mqtt_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let _cp = Proc::control_plane(dir.path(), api_addr, mqtt_addr)?;
+    let api = Api::new(api_addr);
+    wait_for("control plane API", DEADLINE, || async {
+        api.get("/healthz").await.ok().filter(|(s, _)| *s == 200)
+    })
+    .await?;
+
+    // 1. Registration.
+    let start = Instant::now();
+    let fleet = SimFleet::start(mqtt_addr, "sim", n, SimOptions::default());
+    wait_for("every node online", DEADLINE, || async {
+        let f = fleet_counts(&api).await?;
+        (f["nodes"]["online"].as_u64()? as usize >= n).then_some(())
+    })
+    .await?;
+    println!(
+        "registration: {n} nodes online in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    // 2. Rollout of a small module to every node, all at once.
+    let digest: wedge_shared::Digest = api.upload_module("forward", "1").await?.parse()?;
+    let start = Instant::now();
+    api.deploy(&json!({
+        "name": "fw",
+        "module": "forward@1",
+        "selector": {"labels": {"sim": "yes"}},
+        "subscriptions": ["sensors/#"],
+    }))
+    .await?;
+    let accepted = start.elapsed();
+    let want = (n as f64 * 0.99).ceil() as usize;
+    let mut last_report = Instant::now();
+    wait_for("99% applied", DEADLINE, || {
+        let running = fleet.running("fw", &digest);
+        if last_report.elapsed() > Duration::from_secs(5) {
+            last_report = Instant::now();
+            eprintln!(
+                "  … {running} of {n} applied after {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
+        }
+        async move { (running >= want).then_some(()) }
+    })
+    .await?;
+    let p99 = start.elapsed();
+    wait_for("100% applied", DEADLINE, || async {
+        (fleet.running("fw", &digest) >= n).then_some(())
+    })
+    .await?;
+    let all = start.elapsed();
+    wait_for("rollout complete", DEADLINE, || async {
+        let (_, d) = api.get("/api/v1/deployments/fw").await.ok()?;
+        (d["rollout"]["phase"] == "complete").then_some(())
+    })
+    .await?;
+    let complete = start.elapsed();
+    println!(
+        "rollout: POST answered in {}, 99% applied in {:.2} s, 100% in {:.2} s, \
+         control plane saw every node healthy (phase complete) in {:.2} s",
+        ms(accepted),
+        p99.as_secs_f64(),
+        all.as_secs_f64(),
+        complete.as_secs_f64()
+    );
+
+    // 2b. A gated rollout of revision 2 over the same fleet: 1 % canary, then batches of
+    // 25 %, each once the previous one reports healthy.
+    let digest2: wedge_shared::Digest = api.upload_module("threshold-alert", "1").await?.parse()?;
+    let start = Instant::now();
+    api.deploy(&json!({
+        "name": "fw",
+        "module": "threshold-alert@1",
+        "selector": {"labels": {"sim": "yes"}},
+        "subscriptions": ["sensors/#"],
+        "strategy": {"canary": "1%", "batch": "25%"},
+    }))
+    .await?;
+    let accepted = start.elapsed();
+    wait_for("99% on revision 2", DEADLINE, || async {
+        (fleet.running("fw", &digest2) >= want).then_some(())
+    })
+    .await?;
+    let p99 = start.elapsed();
+    wait_for("revision 2 complete", DEADLINE, || async {
+        let (_, d) = api.get("/api/v1/deployments/fw").await.ok()?;
+        (d["rollout"]["revision"] == 2 && d["rollout"]["phase"] == "complete").then_some(())
+    })
+    .await?;
+    println!(
+        "gated rollout (canary 1%, batches of 25%): POST answered in {}, 99% applied in \
+         {:.2} s, complete in {:.2} s",
+        ms(accepted),
+        p99.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
+
+    // 3. Heartbeat ingest: every node sends heartbeats at once; the control plane
+    // works through them (its inbound queue holds 4,096; beyond that it drops, counted).
+    let ingest = |f: &Value| {
+        (
+            f["ingest"]["heartbeats"].as_u64().unwrap_or(0),
+            f["ingest"]["dropped_inbound"].as_u64().unwrap_or(0),
+        )
+    };
+    let (before, dropped_before) = ingest(&fleet_counts(&api).await.context_free()?);
+    let (sent_before, _) = fleet.heartbeats();
+    let start = Instant::now();
+    // 20,000 in all (at most 10 per node): far more at once overflows the broker's
+    // per-filter log and measures its eviction instead.
+    fleet.burst((20_000 / n).clamp(1, 10));
+    // The burst is worked through when, after it, the count grows no faster than twice
+    // the periodic heartbeats (n per 5 s interval).
+    let periodic_per_sec = n as f64 / 5.0;
+    let mut sample = (Instant::now(), before);
+    let mut peaked = false;
+    let (count, dropped) = loop {
+        anyhow::ensure!(start.elapsed() < DEADLINE, "heartbeat ingest never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (count, dropped) = ingest(&fleet_counts(&api).await.context_free()?);
+        let rate = (count - sample.1) as f64 / sample.0.elapsed().as_secs_f64();
+        sample = (Instant::now(), count);
+        if rate > 4.0 * periodic_per_sec {
+            peaked = true;
+        } else if peaked && rate < 2.0 * periodic_per_sec {
+            break (count, dropped);
+        }
+    };
+    let end = Instant::now();
+    let processed = count - before;
+    let took = end - start;
+    let (sent_after, sim_dropped) = fleet.heartbeats();
+    println!(
+        "heartbeat ingest: {processed} of {} sent processed in {:.2} s = {:.0} heartbeats/s \
+         (dropped: {} by the control plane's inbound queue, {sim_dropped} in the simulated \
+         clients, {} in the broker)",
+        sent_after - sent_before,
+        took.as_secs_f64(),
+        processed as f64 / took.as_secs_f64(),
+        dropped - dropped_before,
+        (sent_after - sent_before).saturating_sub(processed + dropped - dropped_before),
+    );
+
+    // 4. API latency with every node registered.
+    let http = reqwest::Client::new();
+    let base = format!("http://{api_addr}");
+    let mut one = Vec::new();
+    for i in 0..1000 {
+        let id = &fleet.nodes[(i * 7919) % n].id;
+        let t = Instant::now();
+        let r = http.get(format!("{base}/api/v1/nodes/{id}")).send().await?;
+        let _ = r.bytes().await?;
+        one.push(t.elapsed());
+    }
+    one.sort();
+    let mut list = Vec::new();
+    let mut size = 0;
+    for _ in 0..50 {
+        let t = Instant::now();
+        let r = http.get(format!("{base}/api/v1/nodes")).send().await?;
+        size = r.bytes().await?.len();
+        list.push(t.elapsed());
+    }
+    list.sort();
+    println!(
+        "GET /api/v1/nodes/{{id}} (1000 requests): median {}, p99 {}",
+        ms(percentile(&one, 0.5)),
+        ms(percentile(&one, 0.99))
+    );
+    println!(
+        "GET /api/v1/nodes ({n} nodes, {:.1} MB, 50 requests): median {}, p99 {}",
+        size as f64 / 1e6,
+        ms(percentile(&list, 0.5)),
+        ms(percentile(&list, 0.99))
+    );
+    fleet.stop().await;
+    Ok(())
+}
+
+/// `Option` → `anyhow::Result` without a context string.
+trait ContextFree<T> {
+    fn context_free(self) -> anyhow::Result<T>;
+}
+
+impl<T> ContextFree<T> for Option<T> {
+    fn context_free(self) -> anyhow::Result<T> {
+        self.ok_or_else(|| anyhow::anyhow!("the control plane did not answer"))
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let sizes = std::env::var("WEDGE_BENCH_SIZES").unwrap_or_else(|_| "1000,10000".into());
+    for size in sizes.split(',') {
+        run(size.trim().parse()?).await?;
+    }
+    Ok(())
+}
