@@ -5,7 +5,7 @@
 //! fast reads and written through to the store.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use wedge_shared::messages::{EventKind, Heartbeat, NodeEvent};
 
@@ -96,10 +96,34 @@ pub struct EventRecord {
     pub event: FleetEvent,
 }
 
+/// A node's record and, once asked for, its rendering for the API (dropped on every
+/// change). Listing 10,000 nodes then re-renders only those that changed since the last
+/// listing instead of all of them.
+#[derive(Debug)]
+struct Entry {
+    record: NodeRecord,
+    rendered: OnceLock<Arc<[u8]>>,
+}
+
+impl Entry {
+    fn new(record: NodeRecord) -> Self {
+        Self {
+            record,
+            rendered: OnceLock::new(),
+        }
+    }
+
+    /// The record, to change: the rendering is stale from now on.
+    fn change(&mut self) -> &mut NodeRecord {
+        self.rendered = OnceLock::new();
+        &mut self.record
+    }
+}
+
 /// The registry. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Fleet {
-    nodes: RwLock<BTreeMap<String, NodeRecord>>,
+    nodes: RwLock<BTreeMap<String, Entry>>,
     events: Mutex<HashMap<String, VecDeque<EventRecord>>>,
     store: Store,
 }
@@ -110,7 +134,7 @@ impl Fleet {
         let nodes = store
             .nodes()?
             .into_iter()
-            .map(|n| (n.id.clone(), n))
+            .map(|n| (n.id.clone(), Entry::new(n)))
             .collect();
         Ok(Self {
             nodes: RwLock::new(nodes),
@@ -157,12 +181,12 @@ impl Fleet {
         )
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, NodeRecord>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
         // Poisoning only follows a panic in another thread; the map itself is still valid.
         self.nodes.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, NodeRecord>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
         self.nodes.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -177,36 +201,39 @@ impl Fleet {
             let mut nodes = self.write();
             let seen;
             let record = match nodes.get_mut(&hb.node_id) {
-                Some(n) => {
+                Some(e) => {
                     seen = Seen {
                         new: false,
-                        labels_changed: n.labels != hb.labels,
+                        labels_changed: e.record.labels != hb.labels,
                     };
-                    n
+                    e.change()
                 }
                 None => {
                     seen = Seen {
                         new: true,
                         labels_changed: true,
                     };
-                    nodes.entry(hb.node_id.clone()).or_insert(NodeRecord {
-                        id: hb.node_id.clone(),
-                        liveness: Liveness::Offline,
-                        reason: Some("never heard from live".into()),
-                        since_ms: now_ms,
-                        first_seen_ms: now_ms,
-                        last_seen_ms: 0,
-                        labels: BTreeMap::new(),
-                        arch: String::new(),
-                        version: String::new(),
-                        desired_generation: 0,
-                        applied_generation: 0,
-                        modules: Vec::new(),
-                        buffer: Default::default(),
-                        resources: Default::default(),
-                        problems: Vec::new(),
-                        problems_since_ms: now_ms,
-                    })
+                    &mut nodes
+                        .entry(hb.node_id.clone())
+                        .or_insert(Entry::new(NodeRecord {
+                            id: hb.node_id.clone(),
+                            liveness: Liveness::Offline,
+                            reason: Some("never heard from live".into()),
+                            since_ms: now_ms,
+                            first_seen_ms: now_ms,
+                            last_seen_ms: 0,
+                            labels: BTreeMap::new(),
+                            arch: String::new(),
+                            version: String::new(),
+                            desired_generation: 0,
+                            applied_generation: 0,
+                            modules: Vec::new(),
+                            buffer: Default::default(),
+                            resources: Default::default(),
+                            problems: Vec::new(),
+                            problems_since_ms: now_ms,
+                        }))
+                        .record
                 }
             };
             if live {
@@ -249,15 +276,15 @@ impl Fleet {
             record.buffer = hb.buffer;
             // Not a reason to write on its own: it moves with every heartbeat.
             record.resources = hb.resources;
-            (record.clone(), seen)
+            (persist.then(|| record.clone()), seen)
         };
         if came_online {
-            self.record(&record.id, now_ms, FleetEvent::Online);
+            self.record(&hb.node_id, now_ms, FleetEvent::Online);
         }
         if let Some(event) = health_change {
-            self.record(&record.id, now_ms, event);
+            self.record(&hb.node_id, now_ms, event);
         }
-        if persist {
+        if let Some(record) = record {
             self.store.put_node(&record)?;
         }
         Ok(seen)
@@ -267,12 +294,13 @@ impl Fleet {
     pub fn offline(&self, id: &str, reason: &str, now_ms: u64) -> store::Result<bool> {
         let record = {
             let mut nodes = self.write();
-            let Some(n) = nodes.get_mut(id) else {
+            let Some(e) = nodes.get_mut(id) else {
                 return Ok(false);
             };
-            if n.liveness == Liveness::Offline {
+            if e.record.liveness == Liveness::Offline {
                 return Ok(false);
             }
+            let n = e.change();
             n.liveness = Liveness::Offline;
             n.reason = Some(reason.to_string());
             n.since_ms = now_ms;
@@ -296,6 +324,7 @@ impl Fleet {
         let overdue: Vec<String> = self
             .read()
             .values()
+            .map(|e| &e.record)
             .filter(|n| {
                 n.liveness == Liveness::Online && now_ms.saturating_sub(n.last_seen_ms) > timeout_ms
             })
@@ -311,7 +340,7 @@ impl Fleet {
     }
 
     pub fn get(&self, id: &str) -> Option<NodeRecord> {
-        self.read().get(id).cloned()
+        self.read().get(id).map(|e| e.record.clone())
     }
 
     /// All nodes, sorted by id.
@@ -322,13 +351,22 @@ impl Fleet {
     /// `f` of every node, in id order, without copying the records first (the list of
     /// 10,000 nodes is read often and heartbeats wait while it is).
     pub fn map<T>(&self, f: impl FnMut(&NodeRecord) -> T) -> Vec<T> {
-        self.read().values().map(f).collect()
+        self.read().values().map(|e| &e.record).map(f).collect()
     }
 
     /// Runs `f` over every node without copying the registry (a rollout step reads
     /// thousands of records several times a second). `f` must not call back into the fleet.
     pub fn for_each(&self, f: impl FnMut(&NodeRecord)) {
-        self.read().values().for_each(f);
+        self.read().values().map(|e| &e.record).for_each(f);
+    }
+
+    /// Every node rendered by `render`, in id order; a node's rendering is reused until it
+    /// changes. `render` must be pure.
+    pub fn rendered(&self, render: impl Fn(&NodeRecord) -> Vec<u8>) -> Vec<Arc<[u8]>> {
+        self.read()
+            .values()
+            .map(|e| e.rendered.get_or_init(|| render(&e.record).into()).clone())
+            .collect()
     }
 }
 
@@ -482,6 +520,27 @@ mod tests {
             .collect();
         assert!(matches!(kinds[1], FleetEvent::Degraded { .. }));
         assert_eq!(kinds[2], FleetEvent::Recovered);
+    }
+
+    #[test]
+    fn renderings_are_reused_until_the_node_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+        fleet.heartbeat(hb("n1", "a"), true, 1_000).unwrap();
+        fleet.heartbeat(hb("n2", "a"), true, 1_000).unwrap();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let render = |n: &NodeRecord| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("{}@{}", n.id, n.last_seen_ms).into_bytes()
+        };
+        let first = fleet.rendered(render);
+        assert_eq!(&*first[0], b"n1@1000");
+        assert_eq!(fleet.rendered(render), first);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+        fleet.heartbeat(hb("n2", "a"), true, 2_000).unwrap();
+        let again = fleet.rendered(render);
+        assert_eq!(&*again[1], b"n2@2000");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 3);
     }
 
     #[test]
