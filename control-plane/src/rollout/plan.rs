@@ -313,12 +313,14 @@ impl Rollout {
 
         // Membership follows the revision's target (labels can change at any time).
         self.nodes.retain(|id, _| seen(id).targeted);
-        for id in observed
-            .iter()
-            .filter(|(_, o)| o.targeted)
-            .map(|(id, _)| id)
-        {
+        for (id, o) in observed.iter().filter(|(_, o)| o.targeted) {
             if !self.nodes.contains_key(id) {
+                // A node new to the deployment waits for its batch on the stable revision.
+                let prior = self
+                    .assigned
+                    .get(id)
+                    .copied()
+                    .or(self.stable.filter(|_| o.stable_targeted));
                 let state = if self.phase == Phase::Complete {
                     NodeState::Updating
                 } else {
@@ -329,7 +331,7 @@ impl Rollout {
                     NodeProgress {
                         state,
                         since_ms: now_ms,
-                        prior: self.assigned.get(id).copied(),
+                        prior,
                         restarts_seen: 0,
                         error: None,
                     },
@@ -758,6 +760,22 @@ mod tests {
         let ch = r.step(10, &obs);
         assert_eq!(ch.assignments, BTreeSet::from(["late".to_string()]));
         assert_eq!(r.nodes["late"].state, NodeState::Updating);
+
+        // A node joining during a rollout runs the stable revision until its batch.
+        let mut during = r.clone().supersede(2, strategy(1, 1, 3_600, 0.0), 11);
+        let mut joined = obs.clone();
+        joined.insert(
+            "later".into(),
+            Observed {
+                online: false,
+                targeted: true,
+                stable_targeted: true,
+                report: None,
+            },
+        );
+        during.step(11, &joined);
+        assert_eq!(during.nodes["later"].state, NodeState::Pending);
+        assert_eq!(during.assigned["later"], 1);
 
         // An offline node does not hold a rollout up; it gets the revision on return.
         obs.get_mut("n1").unwrap().online = false;
