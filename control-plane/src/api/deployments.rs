@@ -191,9 +191,7 @@ fn rollout_view(r: &Rollout, fleet: &Fleet, with_nodes: bool) -> RolloutView {
     let mut offline = 0;
     let mut nodes = Vec::new();
     for (id, p) in &r.nodes {
-        let online = fleet
-            .get(id)
-            .is_some_and(|n| n.liveness == Liveness::Online);
+        let online = fleet.liveness(id) == Some(Liveness::Online);
         offline += usize::from(!online);
         if with_nodes {
             nodes.push(NodeRolloutView {

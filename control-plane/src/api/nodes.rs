@@ -83,7 +83,7 @@ async fn telemetry(
     query: Result<axum::extract::Query<TelemetryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<TelemetryView>>, ApiError> {
     let axum::extract::Query(q) = query?;
-    if state.fleet.get(&id).is_none() {
+    if state.fleet.liveness(&id).is_none() {
         return Err(ApiError::not_found(format!("no node with id {id}")));
     }
     let limit = q.limit.unwrap_or(1000);

@@ -134,11 +134,6 @@ impl Plans {
     pub fn with<T>(&self, name: &str, f: impl FnOnce(&Plan) -> T) -> Option<T> {
         self.read().get(name).map(f)
     }
-
-    /// Runs `f` over every plan, by name.
-    pub fn each<T>(&self, mut f: impl FnMut(&str, &Plan) -> T) -> Vec<T> {
-        self.read().iter().map(|(n, p)| f(n, p)).collect()
-    }
 }
 
 /// An operator's request on a rollout.
