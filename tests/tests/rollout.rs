@@ -278,8 +278,18 @@ async fn offline_detection_within_the_configured_time() -> anyhow::Result<()> {
             ..SimOptions::default()
         },
     );
-    // Crash: the connection drops without a goodbye.
-    let crashing = SimFleet::start(cp.mqtt_addr, "crash", 1, SimOptions::default());
+    // Crash: the connection drops without a goodbye. It beats every 200 ms until then, so
+    // only its last will (not an overdue heartbeat) can mark it offline within 2 s of the
+    // crash.
+    let crashing = SimFleet::start(
+        cp.mqtt_addr,
+        "crash",
+        1,
+        SimOptions {
+            heartbeat_interval: Duration::from_millis(200),
+            ..SimOptions::default()
+        },
+    );
     api.wait_status("silent-00000", "online", DEADLINE).await?;
     api.wait_status("crash-00000", "online", DEADLINE).await?;
     drop(crashing);
