@@ -23,11 +23,23 @@ pub struct Seen {
 /// A node whose telemetry buffer is fuller than this share of its quota is degraded.
 pub const BUFFER_DEGRADED_RATIO: f64 = 0.8;
 
-/// A node whose data disk has less than this share free is degraded.
+/// A node whose data disk has less than this share free, and less than
+/// [`DISK_FREE_MIN_BYTES`], is degraded. Both must hold: 5 % of a 4 GB card is nearly full,
+/// but 5 % of a 250 GB disk is 12 GB, room for weeks of buffered telemetry.
 pub const DISK_FREE_MIN_RATIO: f64 = 0.05;
+/// See [`DISK_FREE_MIN_RATIO`].
+pub const DISK_FREE_MIN_BYTES: u64 = 1 << 30;
 
-/// A node with less than this share of its memory available is degraded.
+/// A node with less than this share of its memory available, and less than
+/// [`MEMORY_AVAILABLE_MIN_BYTES`], is degraded (same reasoning as for the disk).
 pub const MEMORY_AVAILABLE_MIN_RATIO: f64 = 0.05;
+/// See [`MEMORY_AVAILABLE_MIN_RATIO`].
+pub const MEMORY_AVAILABLE_MIN_BYTES: u64 = 256 << 20;
+
+/// Free space is short when below both the share of the total and the absolute floor.
+fn short(free: u64, total: u64, min_ratio: f64, min_bytes: u64) -> bool {
+    total > 0 && (free as f64) < total as f64 * min_ratio && free < min_bytes
+}
 
 /// What is wrong with a node, judged from its heartbeat (pure).
 pub fn problems(hb: &Heartbeat) -> Vec<String> {
@@ -41,19 +53,24 @@ pub fn problems(hb: &Heartbeat) -> Vec<String> {
         })
         .collect();
     let r = &hb.resources;
-    if r.disk_total_bytes > 0
-        && (r.disk_free_bytes as f64) < r.disk_total_bytes as f64 * DISK_FREE_MIN_RATIO
-    {
+    if short(
+        r.disk_free_bytes,
+        r.disk_total_bytes,
+        DISK_FREE_MIN_RATIO,
+        DISK_FREE_MIN_BYTES,
+    ) {
         out.push(format!(
             "disk {}% full ({} MiB free)",
             100 - r.disk_free_bytes * 100 / r.disk_total_bytes,
             r.disk_free_bytes >> 20
         ));
     }
-    if r.memory_total_bytes > 0
-        && (r.memory_available_bytes as f64)
-            < r.memory_total_bytes as f64 * MEMORY_AVAILABLE_MIN_RATIO
-    {
+    if short(
+        r.memory_available_bytes,
+        r.memory_total_bytes,
+        MEMORY_AVAILABLE_MIN_RATIO,
+        MEMORY_AVAILABLE_MIN_BYTES,
+    ) {
         out.push(format!(
             "memory {}% used ({} MiB available)",
             100 - r.memory_available_bytes * 100 / r.memory_total_bytes,
@@ -512,6 +529,15 @@ mod tests {
             ]
         );
         assert_eq!(n.problems_since_ms, 2_000);
+
+        // 4 % of a big disk is still gigabytes: not pressure.
+        let mut big = hb("n1", "a");
+        big.resources.disk_total_bytes = 250 << 30;
+        big.resources.disk_free_bytes = 10 << 30;
+        assert!(problems(&big).is_empty());
+        big.resources.disk_free_bytes = 512 << 20;
+        assert_eq!(problems(&big), ["disk 100% full (512 MiB free)"]);
+
         fleet.heartbeat(hb("n1", "a"), true, 3_000).unwrap();
         let kinds: Vec<FleetEvent> = fleet
             .events("n1")

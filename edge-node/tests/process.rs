@@ -36,15 +36,18 @@ async fn node_json(api: std::net::SocketAddr, id: &str) -> Option<serde_json::Va
 
 async fn wait_status(api: std::net::SocketAddr, id: &str, status: &str) -> serde_json::Value {
     let start = Instant::now();
+    let mut last = None;
     loop {
-        if let Some(n) = node_json(api, id).await
-            && n["status"] == status
-        {
-            return n;
+        if let Some(n) = node_json(api, id).await {
+            if n["status"] == status {
+                return n;
+            }
+            last = Some(n);
         }
+        // The last view says why (degraded with its problems, never registered, …).
         assert!(
             start.elapsed() < DEADLINE,
-            "node {id} not {status} within {DEADLINE:?}"
+            "node {id} not {status} within {DEADLINE:?}; last seen as {last:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

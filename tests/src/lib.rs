@@ -326,14 +326,21 @@ impl Api {
         status: &str,
         deadline: Duration,
     ) -> anyhow::Result<Value> {
-        wait_for(&format!("node {id} {status}"), deadline, || async {
-            self.node(id)
-                .await
-                .ok()
-                .flatten()
-                .filter(|n| n["status"] == status)
-        })
-        .await
+        let start = Instant::now();
+        let mut last = None;
+        loop {
+            if let Some(n) = self.node(id).await.ok().flatten() {
+                if n["status"] == status {
+                    return Ok(n);
+                }
+                last = Some(n);
+            }
+            if start.elapsed() > deadline {
+                // Say what the node was instead (degraded with its problems, never registered…).
+                bail!("node {id} not {status} after {deadline:?}; last seen as {last:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until node `id` reports module instance `name` in `state`.
