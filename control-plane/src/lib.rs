@@ -26,6 +26,7 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod dashboard;
 pub mod desired;
 pub mod fleet;
 pub mod mqtt;

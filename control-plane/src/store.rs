@@ -448,11 +448,34 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<wedge_shared::messages::TelemetryRecord>> {
-        let tree = self.db.open_tree(TELEMETRY)?;
         let start = telemetry_key(node, after.saturating_add(1));
         let end = telemetry_key(node, u64::MAX);
+        let tree = self.db.open_tree(TELEMETRY)?;
+        Self::collect_telemetry(tree.range(start..=end), stream, limit)
+    }
+
+    /// The newest `limit` records of `node` (of `stream` if given), in sequence order.
+    pub fn telemetry_newest(
+        &self,
+        node: &str,
+        stream: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<wedge_shared::messages::TelemetryRecord>> {
+        let start = telemetry_key(node, 0);
+        let end = telemetry_key(node, u64::MAX);
+        let tree = self.db.open_tree(TELEMETRY)?;
+        let mut out = Self::collect_telemetry(tree.range(start..=end).rev(), stream, limit)?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn collect_telemetry(
+        items: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        stream: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<wedge_shared::messages::TelemetryRecord>> {
         let mut out = Vec::new();
-        for item in tree.range(start..=end) {
+        for item in items {
             let (k, v) = item?;
             let record: wedge_shared::messages::TelemetryRecord = wedge_shared::decode(&v)
                 .map_err(|e| Error::CorruptRecord {
@@ -549,6 +572,14 @@ mod tests {
         assert_eq!(odd.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 5]);
         assert_eq!(store.telemetry("n1", None, 0, 2).unwrap().len(), 2);
         assert!(store.telemetry("n3", None, 0, 10).unwrap().is_empty());
+        let newest: Vec<u64> = store
+            .telemetry_newest("n1", None, 2)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        let all_seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+        assert_eq!(newest, all_seqs[all_seqs.len() - 2..]);
     }
 
     #[test]

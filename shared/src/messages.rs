@@ -49,6 +49,7 @@ pub struct Heartbeat {
 
 /// The node's disk (the file system of its data directory) and memory; 0 means unknown.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resources {
     pub disk_free_bytes: u64,
     pub disk_total_bytes: u64,
@@ -81,6 +82,7 @@ pub struct ModuleStatus {
 
 /// Counters of one module instance (since the node started it, across restarts).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModuleStats {
     /// Messages handled without a trap.
     pub messages: u64,
@@ -218,6 +220,7 @@ pub struct TelemetryAck {
 
 /// The state of a node's telemetry buffer, as its heartbeat reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BufferStatus {
     /// Records waiting for acknowledgement.
     pub pending: u64,

@@ -2,37 +2,39 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use wedge_shared::Digest;
 use wedge_shared::messages::Limits;
 use wedge_shared::topics::{validate_filter, validate_id};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::modules::ModuleView;
 use crate::fleet::Fleet;
 use crate::rollout::Control;
-use crate::rollout::plan::{NodeState, Rollout};
+use crate::rollout::plan::{NodeState, Phase, Rollout};
 use crate::rollout::strategy::Strategy;
 use crate::store::{DeploymentRecord, Liveness, ModuleRecord, Target};
 use crate::time::{now_ms, rfc3339};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/{name}", get(show))
-        .route("/{name}/pause", post(pause))
-        .route("/{name}/resume", post(resume))
-        .route("/{name}/abort", post(abort))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(abort))
 }
 
 /// `POST /api/v1/deployments` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentRequest {
     pub name: String,
@@ -60,7 +62,7 @@ pub struct DeploymentRequest {
 }
 
 /// Per-module sandbox limits; absent fields take the node's defaults.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsView {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,14 +97,14 @@ impl From<&Limits> for LimitsView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
     pub labels: BTreeMap<String, String>,
 }
 
 /// A deployment as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentView {
     pub name: String,
     pub revision: u64,
@@ -125,7 +127,7 @@ pub struct DeploymentView {
 }
 
 /// Where a rollout stands.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RolloutView {
     pub revision: u64,
     /// The revision nodes go back to on a rollback; absent before one completed.
@@ -149,7 +151,7 @@ pub struct RolloutView {
 }
 
 /// One node in a rollout.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct NodeRolloutView {
     pub node: String,
     pub state: String,
@@ -162,7 +164,7 @@ pub struct NodeRolloutView {
 }
 
 /// How an earlier rollout ended.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OutcomeView {
     pub revision: u64,
     pub phase: String,
@@ -269,6 +271,9 @@ impl From<&DeploymentRecord> for DeploymentView {
     }
 }
 
+/// Every deployment at its latest revision, with its rollout's counts (no per-node detail).
+#[utoipa::path(get, path = "/", tag = "deployments",
+    responses((status = 200, body = Vec<DeploymentView>), (status = 500, body = ErrorBody)))]
 async fn list(State(state): State<AppState>) -> Result<Json<Vec<DeploymentView>>, ApiError> {
     let mut all = state.store.deployments()?;
     all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -279,6 +284,12 @@ async fn list(State(state): State<AppState>) -> Result<Json<Vec<DeploymentView>>
     ))
 }
 
+/// A deployment at its latest revision, with its rollout node by node.
+#[utoipa::path(get, path = "/{name}", tag = "deployments", params(("name" = String, Path, description = "deployment name")),
+    responses(
+        (status = 200, body = DeploymentView),
+        (status = 404, description = "no such deployment", body = ErrorBody),
+    ))]
 async fn show(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -290,6 +301,13 @@ async fn show(
     Ok(Json(DeploymentView::from(&d).with_rollout(&state, true)))
 }
 
+/// Pauses the rollout in progress: nodes keep what they run, no new batch starts.
+#[utoipa::path(post, path = "/{name}/pause", tag = "deployments", params(("name" = String, Path, description = "deployment name")),
+    responses(
+        (status = 200, body = DeploymentView),
+        (status = 404, description = "no such deployment", body = ErrorBody),
+        (status = 409, description = "no rollout in progress", body = ErrorBody),
+    ))]
 async fn pause(
     state: State<AppState>,
     name: Path<String>,
@@ -297,6 +315,13 @@ async fn pause(
     control(state, name, Control::Pause).await
 }
 
+/// Resumes a paused rollout.
+#[utoipa::path(post, path = "/{name}/resume", tag = "deployments", params(("name" = String, Path, description = "deployment name")),
+    responses(
+        (status = 200, body = DeploymentView),
+        (status = 404, description = "no such deployment", body = ErrorBody),
+        (status = 409, description = "no rollout in progress", body = ErrorBody),
+    ))]
 async fn resume(
     state: State<AppState>,
     name: Path<String>,
@@ -304,6 +329,13 @@ async fn resume(
     control(state, name, Control::Resume).await
 }
 
+/// Stops the rollout in progress and sends every node back to the stable revision.
+#[utoipa::path(post, path = "/{name}/abort", tag = "deployments", params(("name" = String, Path, description = "deployment name")),
+    responses(
+        (status = 200, body = DeploymentView),
+        (status = 404, description = "no such deployment", body = ErrorBody),
+        (status = 409, description = "no rollout in progress", body = ErrorBody),
+    ))]
 async fn abort(
     state: State<AppState>,
     name: Path<String>,
@@ -397,6 +429,17 @@ fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
     }
 }
 
+/// Creates a deployment, or the next revision of one with that name, and rolls it out with
+/// its strategy. Posting the latest revision's spec again changes nothing (200), unless that
+/// revision's rollout was aborted or rolled back: then it is tried again as a new revision.
+#[utoipa::path(post, path = "/", tag = "deployments",
+    request_body = DeploymentRequest,
+    responses(
+        (status = 201, description = "a new revision", body = DeploymentView),
+        (status = 200, description = "the same as the latest revision; nothing changed", body = DeploymentView),
+        (status = 400, description = "invalid deployment", body = ErrorBody),
+        (status = 404, description = "no such module", body = ErrorBody),
+    ))]
 async fn create(
     State(state): State<AppState>,
     body: Result<Json<DeploymentRequest>, JsonRejection>,
@@ -409,11 +452,9 @@ async fn create(
         .clone()
         .unwrap_or_else(|| serde_json::Value::Object(Default::default()))
         .to_string();
-    let revision = state
-        .store
-        .deployment(&req.name)?
-        .map_or(1, |d| d.revision + 1);
-    let record = DeploymentRecord {
+    let previous = state.store.deployment(&req.name)?;
+    let revision = previous.as_ref().map_or(1, |d| d.revision + 1);
+    let mut record = DeploymentRecord {
         name: req.name,
         revision,
         module,
@@ -426,6 +467,26 @@ async fn create(
         strategy: req.strategy.unwrap_or_default(),
         created_at_ms: now_ms(),
     };
+    if let Some(prev) = previous {
+        // Like `kubectl apply`: the same spec again is not a new revision, unless the
+        // operator is retrying one that was stopped.
+        let (revision, created_at_ms) = (record.revision, record.created_at_ms);
+        record.revision = prev.revision;
+        record.created_at_ms = prev.created_at_ms;
+        let stopped = state
+            .rollouts
+            .plans()
+            .with(&prev.name, |p| {
+                matches!(p.rollout.phase, Phase::Aborted | Phase::RolledBack)
+            })
+            .unwrap_or(false);
+        if record == prev && !stopped {
+            let view = DeploymentView::from(&prev).with_rollout(&state, true);
+            return Ok((StatusCode::OK, Json(view)));
+        }
+        record.revision = revision;
+        record.created_at_ms = created_at_ms;
+    }
     state.store.put_deployment(&record)?;
     tracing::info!(deployment = %record.name, revision, module = %record.module.digest, "deployment created");
     let view = DeploymentView::from(&record);

@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// An error answer: status, a stable machine-readable code, a human message.
 #[derive(Debug)]
@@ -28,6 +29,14 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code: "not_found",
             message: message.into(),
+        }
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "method_not_allowed",
+            message: "this route does not take that method; see /api/openapi.json".into(),
         }
     }
 
@@ -60,12 +69,30 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `bad_request`, `not_found`, `method_not_allowed`,
+    /// `conflict`, `payload_too_large`, `internal`.
+    pub code: String,
+    /// For people: what was wrong and, where it helps, how to fix it.
+    pub message: String,
 }
 
 impl From<crate::store::Error> for ApiError {

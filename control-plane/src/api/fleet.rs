@@ -4,14 +4,16 @@ use std::collections::{BTreeMap, HashMap};
 
 use std::sync::atomic::Ordering;
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use wedge_shared::Digest;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::nodes::health;
 use crate::mqtt::Counters;
 use crate::time::rfc3339;
@@ -19,12 +21,12 @@ use crate::time::rfc3339;
 /// Problems listed, at most.
 const TOP_PROBLEMS: usize = 20;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/", get(summary))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(summary))
 }
 
 /// The fleet summary.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct FleetView {
     /// Nodes by status: `total`, `online`, `degraded`, `offline`.
     pub nodes: BTreeMap<String, u64>,
@@ -36,7 +38,7 @@ pub struct FleetView {
 }
 
 /// Counters of the control plane's MQTT session since it started.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Ingest {
     pub heartbeats: u64,
     pub telemetry_records: u64,
@@ -63,7 +65,7 @@ impl From<&Counters> for Ingest {
 }
 
 /// How one deployment's current revision is doing across the nodes that report it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeploymentHealth {
     pub name: String,
     pub revision: u64,
@@ -78,7 +80,7 @@ pub struct DeploymentHealth {
 }
 
 /// A node that needs attention.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     pub node: String,
     pub status: String,
@@ -86,6 +88,10 @@ pub struct Problem {
     pub since: String,
 }
 
+/// The fleet in one answer: nodes by status, deployments by revision and module state, the
+/// longest-standing problems, ingest counters.
+#[utoipa::path(get, path = "/", tag = "fleet",
+    responses((status = 200, body = FleetView), (status = 500, body = ErrorBody)))]
 async fn summary(State(state): State<AppState>) -> Result<Json<FleetView>, ApiError> {
     let mut counts: BTreeMap<String, u64> = ["total", "online", "degraded", "offline"]
         .into_iter()

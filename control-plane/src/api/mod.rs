@@ -10,7 +10,13 @@ pub mod nodes;
 
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+
 use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::fleet::Fleet;
 use crate::mqtt::Counters;
@@ -27,19 +33,62 @@ pub struct AppState {
     pub max_module_size: usize,
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
-    let max_body = state.max_module_size;
-    Router::new()
+/// The description of the API: title, version, tags. Paths and schemas come from the
+/// handlers' `#[utoipa::path]` attributes through [`routes`].
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Wedge control plane",
+        description = "Fleet registry, module store, deployments and rollouts, telemetry."
+    ),
+    tags(
+        (name = "modules", description = "WebAssembly components"),
+        (name = "deployments", description = "what runs where, revisions and rollouts"),
+        (name = "nodes", description = "the fleet, node by node"),
+        (name = "fleet", description = "the fleet in one answer"),
+        (name = "health", description = "probes"),
+        (name = "meta", description = "this description"),
+    )
+)]
+struct ApiDoc;
+
+/// Every API route with its description. Routes are registered only through
+/// `utoipa_axum::routes!`, which takes method and path from the handler's description: a
+/// route cannot exist undescribed, nor a description without its route.
+fn routes(max_body: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .merge(health::routes())
-        .nest(
-            "/api/v1",
-            Router::new()
-                .nest("/modules", modules::routes(max_body))
-                .nest("/deployments", deployments::routes())
-                .nest("/nodes", nodes::routes())
-                .nest("/fleet", fleet::routes()),
-        )
-        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .routes(routes!(openapi_json))
+        .nest("/api/v1/modules", modules::routes(max_body))
+        .nest("/api/v1/deployments", deployments::routes())
+        .nest("/api/v1/nodes", nodes::routes())
+        .nest("/api/v1/fleet", fleet::routes())
+}
+
+/// The OpenAPI 3 description of this API, as served at `/api/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut api = routes(0).split_for_parts().1;
+    api.info.version = env!("CARGO_PKG_VERSION").into();
+    api
+}
+
+/// This API's OpenAPI 3 description.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
+async fn openapi_json() -> impl IntoResponse {
+    static SPEC: OnceLock<String> = OnceLock::new();
+    let body = SPEC.get_or_init(|| {
+        // Our own description always serializes.
+        openapi().to_pretty_json().unwrap_or_default()
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.as_str())
+}
+
+/// The whole API, and the dashboard at `/`.
+pub fn router(state: AppState) -> Router {
+    let (api, _) = routes(state.max_module_size).split_for_parts();
+    api.merge(crate::dashboard::routes())
+        .fallback(|| async { error::ApiError::not_found("no such route; see /api/openapi.json") })
+        .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
         .with_state(state)
 }

@@ -1,28 +1,36 @@
 //! `/api/v1/modules`: upload and list WebAssembly components.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use wedge_shared::Digest;
 use wedge_shared::topics::validate_id;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::store::ModuleRecord;
 use crate::time::{now_ms, rfc3339};
 
-pub fn routes(max_body: usize) -> Router<AppState> {
-    Router::new()
-        .route("/", get(list).post(upload))
+pub fn routes(max_body: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, upload))
         .layer(DefaultBodyLimit::max(max_body))
 }
 
+/// A WebAssembly component (`wasm32-wasip2`), as raw bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // Only describes the request body; the handler reads raw bytes.
+struct WasmComponent(Vec<u8>);
+
 /// A module as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModuleView {
     pub digest: String,
     pub name: String,
@@ -43,18 +51,36 @@ impl From<&ModuleRecord> for ModuleView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct UploadParams {
+    /// Module name, `[A-Za-z0-9._-]{1,128}`.
     name: String,
+    /// Version, same characters; a name and version are uploaded once.
     version: String,
 }
 
+/// Every uploaded module, by name and version.
+#[utoipa::path(get, path = "/", tag = "modules",
+    responses((status = 200, body = Vec<ModuleView>), (status = 500, body = ErrorBody)))]
 async fn list(State(state): State<AppState>) -> Result<Json<Vec<ModuleView>>, ApiError> {
     let mut modules = state.store.modules()?;
     modules.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
     Ok(Json(modules.iter().map(ModuleView::from).collect()))
 }
 
+/// Uploads a WebAssembly component. Uploading the same bytes again answers 200 with the
+/// stored module; other bytes under an existing name and version are a conflict.
+#[utoipa::path(post, path = "/", tag = "modules",
+    params(UploadParams),
+    request_body(content = WasmComponent, content_type = "application/wasm"),
+    responses(
+        (status = 201, description = "stored", body = ModuleView),
+        (status = 200, description = "already stored with the same digest", body = ModuleView),
+        (status = 400, description = "not a valid component, or a bad name or version", body = ErrorBody),
+        (status = 409, description = "name and version exist with other bytes", body = ErrorBody),
+        (status = 413, description = "larger than max_module_size", body = ErrorBody),
+    ))]
 async fn upload(
     State(state): State<AppState>,
     params: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,

@@ -2,36 +2,46 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use wedge_shared::messages::EventKind;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::fleet::{EventRecord, FleetEvent};
 use crate::store::{Liveness, NodeRecord};
 use crate::time::rfc3339;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(list))
-        .route("/{id}", get(show))
-        .route("/{id}/events", get(events))
-        .route("/{id}/telemetry", get(telemetry))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(events))
+        .routes(routes!(telemetry))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TelemetryQuery {
+    /// Only this stream.
     stream: Option<String>,
+    /// Only records with a larger sequence number (for paging and following).
     #[serde(default)]
     after_seq: u64,
+    /// At most this many records (1 to 10,000; default 1,000).
     limit: Option<usize>,
+    /// The newest `limit` records instead of the first ones after `after_seq` (still in
+    /// sequence order).
+    #[serde(default)]
+    newest: bool,
 }
 
 /// Most records one telemetry query returns.
@@ -39,7 +49,7 @@ const MAX_TELEMETRY_LIMIT: usize = 10_000;
 
 /// A stored telemetry record. The payload is JSON when it parses as JSON, otherwise a
 /// string when it is UTF-8, otherwise base64 in `payload_base64`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TelemetryView {
     pub seq: u64,
     pub stream: String,
@@ -75,8 +85,14 @@ impl From<wedge_shared::messages::TelemetryRecord> for TelemetryView {
     }
 }
 
-/// `GET /api/v1/nodes/{id}/telemetry?stream=S&after_seq=N&limit=L`: stored records in
-/// sequence order.
+/// Stored telemetry of a node, in sequence order.
+#[utoipa::path(get, path = "/{id}/telemetry", tag = "nodes",
+    params(("id" = String, Path, description = "node id"), TelemetryQuery),
+    responses(
+        (status = 200, body = Vec<TelemetryView>),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 404, description = "no such node", body = ErrorBody),
+    ))]
 async fn telemetry(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -94,7 +110,11 @@ async fn telemetry(
     }
     let store = state.store.clone();
     let records = tokio::task::spawn_blocking(move || {
-        store.telemetry(&id, q.stream.as_deref(), q.after_seq, limit)
+        if q.newest {
+            store.telemetry_newest(&id, q.stream.as_deref(), limit)
+        } else {
+            store.telemetry(&id, q.stream.as_deref(), q.after_seq, limit)
+        }
     })
     .await
     .map_err(ApiError::internal)??;
@@ -102,7 +122,7 @@ async fn telemetry(
 }
 
 /// An event as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
     /// When it happened (the node's clock for node-reported events).
     pub time: String,
@@ -171,7 +191,13 @@ impl From<&EventRecord> for EventView {
     }
 }
 
-/// `GET /api/v1/nodes/{id}/events`: the node's recent events, oldest first.
+/// The node's recent events (status changes, module starts, failures, logs), oldest first.
+#[utoipa::path(get, path = "/{id}/events", tag = "nodes",
+    params(("id" = String, Path, description = "node id")),
+    responses(
+        (status = 200, body = Vec<EventView>),
+        (status = 404, description = "no such node", body = ErrorBody),
+    ))]
 async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -184,7 +210,7 @@ async fn events(
 }
 
 /// A node as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct NodeView {
     pub id: String,
     /// `online`, `degraded` (online, something wrong) or `offline`.
@@ -211,7 +237,7 @@ pub struct NodeView {
 }
 
 /// A module instance on a node.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModuleStateView {
     pub name: String,
     pub digest: String,
@@ -276,7 +302,9 @@ impl From<&NodeRecord> for NodeView {
     }
 }
 
-/// The JSON array of every node, assembled from each node's cached rendering.
+/// Every node. The array is assembled from each node's cached rendering.
+#[utoipa::path(get, path = "/", tag = "nodes",
+    responses((status = 200, body = Vec<NodeView>)))]
 async fn list(State(state): State<AppState>) -> impl IntoResponse {
     let parts = state.fleet.rendered(|n| {
         // A view of our own record types always serializes.
@@ -294,6 +322,13 @@ async fn list(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+/// One node.
+#[utoipa::path(get, path = "/{id}", tag = "nodes",
+    params(("id" = String, Path, description = "node id")),
+    responses(
+        (status = 200, body = NodeView),
+        (status = 404, description = "no such node", body = ErrorBody),
+    ))]
 async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,

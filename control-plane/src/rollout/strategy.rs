@@ -89,8 +89,31 @@ impl<'de> Deserialize<'de> for Amount {
     }
 }
 
+impl utoipa::PartialSchema for Amount {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^[0-9]+(\.[0-9]+)?%$")),
+            )
+            .description(Some(
+                "a number of nodes, or a share of the targeted nodes like \"10%\"",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Amount {}
+
 /// The rollout strategy of a deployment revision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Strategy {
     /// Nodes updated first, alone; 0 skips the canary phase.
