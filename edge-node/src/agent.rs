@@ -319,8 +319,18 @@ impl Agent {
         let runtime = self.runtime.clone();
         let digest = spec.digest;
         let started = Instant::now();
-        let (compiled, source) = tokio::task::spawn_blocking(move || runtime.load(&digest, &blob))
-            .await
+        let mut load = tokio::task::spawn_blocking(move || runtime.load(&digest, &blob));
+        // Compiling can take many seconds on a small device; the node keeps reporting
+        // meanwhile, or the control plane would take it for dead.
+        let mut heartbeat = tokio::time::interval(self.identity.heartbeat_interval);
+        heartbeat.tick().await; // the first tick is immediate
+        let loaded = loop {
+            tokio::select! {
+                loaded = &mut load => break loaded,
+                _ = heartbeat.tick() => self.report(),
+            }
+        };
+        let (compiled, source) = loaded
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         tracing::info!(module = spec.name, %digest, ?source, took = ?started.elapsed(), "module loaded");

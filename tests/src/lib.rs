@@ -438,6 +438,11 @@ impl Device {
             .context("no message within the deadline")?
             .context("device connection ended")
     }
+
+    /// A message already received, if any.
+    pub fn try_recv(&mut self) -> Option<(String, Vec<u8>)> {
+        self.messages.try_recv().ok()
+    }
 }
 
 impl Drop for Device {

@@ -222,8 +222,9 @@ async fn api_refuses_bad_input_clearly() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_shows_alerts() -> anyhow::Result<()> {
-    let (alerts, mut seen) = tokio::sync::mpsc::channel(16);
+async fn the_demo_shows_alerts_and_rolls_out_with_a_canary() -> anyhow::Result<()> {
+    use wedge_tests::demo::Event;
+    let (events, mut seen) = tokio::sync::mpsc::channel(64);
     let stop = tokio_util::sync::CancellationToken::new();
     let any = "127.0.0.1:0".parse()?;
     let demo = tokio::spawn(wedge_tests::demo::run(
@@ -232,17 +233,31 @@ async fn the_demo_shows_alerts() -> anyhow::Result<()> {
             control_mqtt_listen: any,
             node_mqtt_listen: any,
             interval: Duration::from_millis(20),
+            bake: Duration::from_secs(1),
         },
-        alerts,
+        events,
         stop.clone(),
     ));
-    for _ in 0..2 {
-        let alert = tokio::time::timeout(DEADLINE, seen.recv())
-            .await?
-            .expect("the demo is running");
-        assert!(alert["value"].as_f64().unwrap_or(0.0) > 50.0, "{alert}");
-        assert_eq!(alert["topic"], "sensors/room-1/temperature");
+    let mut api = None;
+    let mut alerting = std::collections::BTreeSet::new();
+    while api.is_none() || alerting.len() < 3 {
+        match tokio::time::timeout(DEADLINE, seen.recv()).await? {
+            Some(Event::Ready { api: base }) => api = Some(base),
+            Some(Event::Alert { node, alert }) => {
+                assert!(alert["value"].as_f64().unwrap_or(0.0) > 48.0, "{alert}");
+                assert_eq!(alert["topic"], "sensors/room-1/temperature");
+                alerting.insert(node);
+            }
+            None => anyhow::bail!("the demo stopped: {:?}", demo.await),
+        }
     }
+    // The canary rollout of revision 2 completes on all three nodes.
+    let base = api.unwrap_or_default();
+    let api = wedge_tests::Api::new(base.trim_start_matches("http://").parse()?);
+    let d = api
+        .wait_rollout("temperature-alert", 2, "complete", DEADLINE)
+        .await?;
+    assert_eq!(d["rollout"]["counts"]["healthy"], 3, "{d}");
     stop.cancel();
     demo.await??;
     Ok(())

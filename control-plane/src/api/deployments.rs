@@ -437,8 +437,7 @@ fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
     responses(
         (status = 201, description = "a new revision", body = DeploymentView),
         (status = 200, description = "the same as the latest revision; nothing changed", body = DeploymentView),
-        (status = 400, description = "invalid deployment", body = ErrorBody),
-        (status = 404, description = "no such module", body = ErrorBody),
+        (status = 400, description = "invalid deployment, or its module is not uploaded", body = ErrorBody),
     ))]
 async fn create(
     State(state): State<AppState>,

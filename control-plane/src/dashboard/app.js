@@ -228,15 +228,19 @@ async function overview(gen) {
   ];
 }
 
-// A number to chart from a telemetry payload: the payload itself, or its `value` field, or
-// its first numeric field.
+// A number to chart from a telemetry payload: the payload itself, or its `value` or `mean`
+// field, or its first numeric field.
 function numeric(payload) {
   if (typeof payload === "number") return { key: "", value: payload };
   if (payload && typeof payload === "object") {
-    if (typeof payload.value === "number") return { key: "value", value: payload.value };
+    for (const k of ["value", "mean"]) if (typeof payload[k] === "number") return { key: k, value: payload[k] };
     for (const [k, v] of Object.entries(payload)) if (typeof v === "number") return { key: k, value: v };
   }
   return null;
+}
+
+function round(v) {
+  return Math.round(v * 100) / 100;
 }
 
 function chart(records) {
@@ -252,7 +256,7 @@ function chart(records) {
   }, streams.map((v) => h("option", { value: v, selected: v === state.stream }, v)));
   const head = h("div", { class: "filters" }, picker,
     points.length ? h("span", { "data-testid": "latest-value" },
-      `latest ${points[points.length - 1].n.key || "value"}: ${points[points.length - 1].n.value}`) : null);
+      `latest ${points[points.length - 1].n.key || "value"}: ${round(points[points.length - 1].n.value)}`) : null);
   if (points.length < 2) {
     return h("div", {}, head, h("p", { class: "muted" }, points.length ? "One numeric record so far." : "No numeric values in this stream."));
   }
@@ -267,7 +271,7 @@ function chart(records) {
   svg.append(s("polyline", { points: points.map((p) => `${x(p.t).toFixed(1)},${y(p.n.value).toFixed(1)}`).join(" "), class: "line" }));
   for (const [v, yy] of [[v1, P], [v0, H - P]]) {
     const label = s("text", { x: 2, y: yy + 4, class: "tick" });
-    label.textContent = String(Math.round(v * 100) / 100);
+    label.textContent = String(round(v));
     svg.append(label);
   }
   return h("div", {}, head, svg, h("small", { class: "muted" }, `${points.length} records`));

@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// Runs a control plane, an edge node with `threshold-alert` deployed, and a simulated
-/// temperature sensor; prints the alerts the module raises.
+/// Runs a control plane and three edge nodes with simulated temperature sensors, deploys two
+/// modules and rolls a new revision out with a canary; prints the dashboard URL, `wedgectl`
+/// commands to try, and the alerts the module raises.
 #[derive(Debug, Parser)]
 #[command(name = "wedge-demo")]
 struct Cli {
@@ -18,12 +19,16 @@ struct Cli {
     /// Control plane MQTT broker (the uplink).
     #[arg(long, default_value = "127.0.0.1:1883")]
     control_mqtt_listen: SocketAddr,
-    /// The edge node's local MQTT broker (where devices publish).
+    /// The first edge node's local MQTT broker (where devices publish); the others take the
+    /// next two ports.
     #[arg(long, default_value = "127.0.0.1:1884")]
     node_mqtt_listen: SocketAddr,
     /// Milliseconds between two sensor readings.
     #[arg(long, default_value_t = 500)]
     interval_ms: u64,
+    /// Seconds each node of the canary rollout bakes before the next one gets it.
+    #[arg(long, default_value_t = 20)]
+    bake_secs: u64,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration_secs: Option<u64>,
@@ -32,9 +37,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,rumqttd=off,wedge_edge_node=info")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
     let stop = CancellationToken::new();
@@ -59,6 +63,7 @@ async fn main() -> ExitCode {
         control_mqtt_listen: cli.control_mqtt_listen,
         node_mqtt_listen: cli.node_mqtt_listen,
         interval: Duration::from_millis(cli.interval_ms.max(10)),
+        bake: Duration::from_secs(cli.bake_secs.max(1)),
     };
     match wedge_tests::demo::run(options, alerts, stop).await {
         Ok(()) => ExitCode::SUCCESS,

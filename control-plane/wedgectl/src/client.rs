@@ -1,0 +1,132 @@
+//! The HTTP client: one base URL, an optional bearer token, and errors that say what
+//! happened in the words of the server when it answered.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Why a request did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach the control plane at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// The server answered with an error (`{"error": {"code", "message"}}`).
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("the control plane sent an answer that is not JSON: {0}")]
+    BadAnswer(String),
+}
+
+/// A client of one control plane.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// A successful answer: the status (200 and 201 can mean different things) and the body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, Error> {
+        Ok(self.send(self.http.get(self.url(path))).await?.body)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Answer, Error> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<Answer, Error> {
+        let req = self
+            .http
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(body);
+        self.send(req).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, mut req: reqwest::RequestBuilder) -> Result<Answer, Error> {
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(|e| Error::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| Error::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        let body: Option<Value> = serde_json::from_str(&text).ok();
+        if (200..300).contains(&status) {
+            return body
+                .map(|body| Answer { status, body })
+                .ok_or_else(|| Error::BadAnswer(snippet(&text)));
+        }
+        let error = body.as_ref().map(|b| &b["error"]);
+        Err(Error::Api {
+            status,
+            code: error
+                .and_then(|e| e["code"].as_str())
+                .unwrap_or("unknown")
+                .to_string(),
+            message: error
+                .and_then(|e| e["message"].as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("the control plane answered: {}", snippet(&text))),
+        })
+    }
+}
+
+/// The innermost cause (e.g. "Connection refused"), which is what a person needs to read.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn snippet(text: &str) -> String {
+    let t: String = text.chars().take(200).collect();
+    if t.is_empty() { "(empty)".into() } else { t }
+}
+
+/// Encodes one path segment (node ids and names are restricted, but say so to the server,
+/// not by building a wrong URL).
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

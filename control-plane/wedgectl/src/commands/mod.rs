@@ -1,0 +1,7 @@
+//! One module per group of commands.
+
+pub mod deploy;
+pub mod modules;
+pub mod nodes;
+pub mod rollout;
+pub mod telemetry;

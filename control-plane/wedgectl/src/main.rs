@@ -1,0 +1,203 @@
+//! `wedgectl`: the Wedge control plane from the command line.
+//!
+//! A thin client of the HTTP API: every command is one or a few API calls, and
+//! `--output json` prints what the API answered. Exit codes: 0 done, 1 the API refused or a
+//! watched rollout failed, 2 bad usage or input, 3 the control plane cannot be reached.
+
+mod client;
+mod commands;
+mod output;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wedgectl",
+    version,
+    about = "Operate a Wedge fleet from the command line"
+)]
+struct Cli {
+    /// Control plane API, e.g. http://control.example.net:8080 [default: http://127.0.0.1:8080]
+    #[arg(long, env = "WEDGE_API", global = true)]
+    api: Option<String>,
+    /// API token (sent as a bearer token)
+    #[arg(long, env = "WEDGE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// TOML file with `api` and `token` [default: ~/.config/wedge/wedgectl.toml]
+    #[arg(long, env = "WEDGE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Output format
+    #[arg(long, short, value_enum, default_value = "table", global = true)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List nodes
+    Nodes {
+        /// Only nodes with this status: online, degraded, offline
+        #[arg(long)]
+        status: Option<String>,
+        /// Only nodes with this label (k=v); repeat for several
+        #[arg(long, short = 'l')]
+        label: Vec<String>,
+    },
+    /// Show one node: status, problems, modules, backlog
+    Node { id: String },
+    /// Upload and list modules
+    #[command(subcommand)]
+    Modules(ModulesCommand),
+    /// Create or update deployments from a TOML or YAML file (like `kubectl apply`: an
+    /// unchanged deployment is left alone)
+    Deploy {
+        /// The file; `-` reads standard input (format from --format, default YAML)
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        /// File format, when the extension does not say
+        #[arg(long, value_enum)]
+        format: Option<commands::deploy::FileFormat>,
+    },
+    /// Follow and steer rollouts
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Print a node's stored telemetry
+    Telemetry {
+        node: String,
+        /// Only this stream
+        #[arg(long, short)]
+        stream: Option<String>,
+        /// Keep printing new records as they arrive
+        #[arg(long, short)]
+        follow: bool,
+        /// How many of the newest records to print first
+        #[arg(long, default_value_t = 20)]
+        tail: usize,
+    },
+    /// Print a node's recent events
+    Events { node: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModulesCommand {
+    /// Upload a WebAssembly component
+    Push {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+    },
+    /// List uploaded modules
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Where a deployment's rollout stands
+    Status {
+        name: String,
+        /// Follow it with a progress bar until it ends (exit 1 if it rolls back or is aborted)
+        #[arg(long, short)]
+        watch: bool,
+    },
+    /// Start no new batch until resumed
+    Pause { name: String },
+    /// Continue a paused rollout
+    Resume { name: String },
+    /// Stop the rollout and send every node back to the stable revision
+    Abort { name: String },
+}
+
+/// How a command failed, and the exit code that says so.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Client(#[from] client::Error),
+    /// Bad usage or input (a file that does not parse, a bad filter).
+    #[error("{0:#}")]
+    Input(anyhow::Error),
+    /// The command worked, and what it found is a failure (a rollout that rolled back).
+    #[error("{0}")]
+    Outcome(String),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Self::Client(client::Error::Unreachable { .. }) => 3,
+            Self::Input(_) => 2,
+            Self::Client(_) | Self::Outcome(_) => 1,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Failure>;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (api, token) = match settings::resolve(cli.api, cli.token, cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wedgectl: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match client::Client::new(&api, token) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wedgectl: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = cli.output;
+    let result = match cli.command {
+        Command::Nodes { status, label } => {
+            commands::nodes::list(&client, out, status, &label).await
+        }
+        Command::Node { id } => commands::nodes::show(&client, out, &id).await,
+        Command::Modules(ModulesCommand::Push {
+            file,
+            name,
+            version,
+        }) => commands::modules::push(&client, out, &file, &name, &version).await,
+        Command::Modules(ModulesCommand::List) => commands::modules::list(&client, out).await,
+        Command::Deploy { file, format } => {
+            commands::deploy::apply(&client, out, &file, format).await
+        }
+        Command::Rollout(RolloutCommand::Status { name, watch }) => {
+            commands::rollout::status(&client, out, &name, watch).await
+        }
+        Command::Rollout(RolloutCommand::Pause { name }) => {
+            commands::rollout::control(&client, out, &name, "pause").await
+        }
+        Command::Rollout(RolloutCommand::Resume { name }) => {
+            commands::rollout::control(&client, out, &name, "resume").await
+        }
+        Command::Rollout(RolloutCommand::Abort { name }) => {
+            commands::rollout::control(&client, out, &name, "abort").await
+        }
+        Command::Telemetry {
+            node,
+            stream,
+            follow,
+            tail,
+        } => commands::telemetry::show(&client, out, &node, stream.as_deref(), follow, tail).await,
+        Command::Events { node } => commands::telemetry::events(&client, out, &node).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wedgectl: {e}");
+            ExitCode::from(e.code())
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! `wedgectl` against a real control plane and real edge nodes: what an operator types and
+//! what they read back, including the errors.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use serde_json::Value;
+use wedge_tests::{ControlPlane, Device, Node, wait_for};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wedgectl");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `wedgectl --api <api> args…` off the async runtime.
+async fn ctl(api: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--api").arg(api).args(args);
+    // A developer's own config must not leak into the test.
+    cmd.env("XDG_CONFIG_HOME", "/nonexistent")
+        .env_remove("WEDGE_TOKEN");
+    Ok(tokio::task::spawn_blocking(move || cmd.output()).await??)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and expects success; returns stdout.
+async fn ok(api: &str, args: &[&str]) -> anyhow::Result<String> {
+    let o = ctl(api, args).await?;
+    ensure!(
+        o.status.success(),
+        "wedgectl {args:?} failed ({}): {}{}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    Ok(stdout(&o))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_pushes_deploys_and_follows_a_rollout() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let api = cp.api.base.clone();
+    let mut berlin = Node::start(&cp, "berlin-1", &[("site", "berlin")]).await?;
+    let mut paris = Node::start(&cp, "paris-1", &[("site", "paris")]).await?;
+    for id in ["berlin-1", "paris-1"] {
+        cp.api.wait_status(id, "online", DEADLINE).await?;
+    }
+
+    // nodes, with filters, as a table and as JSON
+    let table = ok(&api, &["nodes"]).await?;
+    let header = table.lines().next().unwrap_or_default();
+    ensure!(
+        header.contains("NODE") && header.contains("STATUS"),
+        "{table}"
+    );
+    ensure!(
+        table.contains("berlin-1") && table.contains("paris-1") && table.contains("site=paris"),
+        "{table}"
+    );
+    let json: Value = serde_json::from_str(
+        &ok(
+            &api,
+            &["nodes", "--label", "site=paris", "--output", "json"],
+        )
+        .await?,
+    )?;
+    let ids: Vec<&str> = json
+        .as_array()
+        .context("an array")?
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    ensure!(ids == ["paris-1"], "{json}");
+    ensure!(ok(&api, &["nodes", "--status", "offline"]).await? == "no nodes match\n");
+    let node = ok(&api, &["node", "berlin-1"]).await?;
+    ensure!(
+        node.contains("Status:      online") && node.contains("site=berlin"),
+        "{node}"
+    );
+
+    // modules push, twice: the second time nothing changes
+    let wasm = wedge_modules::path("window-stats").context("window-stats is built")?;
+    let wasm = wasm.to_str().context("utf-8 path")?;
+    let pushed = ok(
+        &api,
+        &["modules", "push", wasm, "--name", "stats", "--version", "1"],
+    )
+    .await?;
+    ensure!(
+        pushed.starts_with("module stats@1 pushed: sha256:"),
+        "{pushed}"
+    );
+    let again = ok(
+        &api,
+        &["modules", "push", wasm, "--name", "stats", "--version", "1"],
+    )
+    .await?;
+    ensure!(again.contains("unchanged"), "{again}");
+    ensure!(
+        ok(&api, &["modules", "list"]).await?.contains("stats"),
+        "list"
+    );
+
+    // deploy -f, idempotent like kubectl apply
+    let dir = tempfile::tempdir()?;
+    let yaml = dir.path().join("stats.yaml");
+    std::fs::write(
+        &yaml,
+        "name: stats\nmodule: stats@1\nselector: {labels: {site: berlin}}\n\
+         subscriptions: [\"sensors/#\"]\ntick_ms: 200\nconfig: {stream: rooms}\n",
+    )?;
+    let yaml = yaml.to_str().context("utf-8 path")?;
+    ensure!(ok(&api, &["deploy", "-f", yaml]).await? == "deployment/stats revision 1 created\n");
+    ensure!(ok(&api, &["deploy", "-f", yaml]).await? == "deployment/stats revision 1 unchanged\n");
+    let watched = ok(&api, &["rollout", "status", "stats", "--watch"]).await?;
+    ensure!(
+        watched.contains("stats revision 1: complete · 1/1 healthy"),
+        "{watched}"
+    );
+
+    // A second revision from TOML, with a canary; the watch follows it to the end.
+    let toml = dir.path().join("stats.toml");
+    std::fs::write(
+        &toml,
+        "name = \"stats\"\nmodule = \"stats@1\"\nsubscriptions = [\"sensors/#\"]\ntick_ms = 200\n\
+         [selector.labels]\n\n[config]\nstream = \"rooms\"\n\
+         [strategy]\ncanary = 1\nbatch = 1\nbake_seconds = 1\n",
+    )?;
+    let toml = toml.to_str().context("utf-8 path")?;
+    ensure!(ok(&api, &["deploy", "-f", toml]).await? == "deployment/stats revision 2 created\n");
+    let watched = ok(&api, &["rollout", "status", "stats", "--watch"]).await?;
+    ensure!(
+        watched.contains("stats revision 2: complete · 2/2 healthy"),
+        "{watched}"
+    );
+    let status: Value =
+        serde_json::from_str(&ok(&api, &["rollout", "status", "stats", "-o", "json"]).await?)?;
+    ensure!(
+        status["phase"] == "complete" && status["revision"] == 2,
+        "{status}"
+    );
+
+    // Steering a finished rollout is refused with the server's reason.
+    let o = ctl(&api, &["rollout", "pause", "stats"]).await?;
+    ensure!(o.status.code() == Some(1), "{o:?}");
+    ensure!(stderr(&o).contains("HTTP 409, conflict"), "{}", stderr(&o));
+
+    // Telemetry: a sensor on berlin-1 feeds the window statistics.
+    let device = Device::connect(berlin.local_mqtt_addr, "sensor", &[]).await?;
+    wait_for("telemetry from berlin-1", DEADLINE, || async {
+        device
+            .publish("sensors/room-1/temperature", b"21.5")
+            .await
+            .ok()?;
+        let t = cp.api.telemetry("berlin-1", Some("rooms")).await.ok()?;
+        (t.len() >= 2).then_some(())
+    })
+    .await?;
+    let lines = ok(
+        &api,
+        &["telemetry", "berlin-1", "--stream", "rooms", "--tail", "2"],
+    )
+    .await?;
+    ensure!(
+        lines.lines().count() == 2 && lines.contains("rooms") && lines.contains("\"mean\":21.5"),
+        "{lines}"
+    );
+
+    // --follow prints new records as they come, until stopped.
+    let mut follow = Command::new(BIN)
+        .args([
+            "--api",
+            &api,
+            "telemetry",
+            "berlin-1",
+            "--follow",
+            "--tail",
+            "1",
+        ])
+        .args(["--output", "json"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let out = follow.stdout.take().context("stdout")?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        device.publish("sensors/room-1/temperature", b"22").await?;
+        let Ok(Some(line)) = tokio::time::timeout(DEADLINE, rx.recv()).await else {
+            bail!("wedgectl telemetry --follow printed nothing new");
+        };
+        let r: Value = serde_json::from_str(&line)?;
+        seqs.push(r["seq"].as_u64().context("seq")?);
+    }
+    ensure!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    follow.kill()?;
+    follow.wait()?;
+
+    let events = ok(&api, &["events", "berlin-1"]).await?;
+    ensure!(
+        events.contains("node_online") && events.contains("module_started"),
+        "{events}"
+    );
+
+    berlin.stop().await;
+    paris.stop().await;
+    cp.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_say_what_is_wrong() -> anyhow::Result<()> {
+    // Nothing listens on a port just released.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let o = ctl(&format!("http://{free}"), &["nodes"]).await?;
+    ensure!(o.status.code() == Some(3), "{o:?}");
+    ensure!(
+        stderr(&o).contains(&format!("cannot reach the control plane at http://{free}")),
+        "{}",
+        stderr(&o)
+    );
+
+    let cp = ControlPlane::start().await?;
+    let api = cp.api.base.clone();
+    let o = ctl(&api, &["node", "ghost"]).await?;
+    ensure!(o.status.code() == Some(1), "{o:?}");
+    ensure!(
+        stderr(&o).trim() == "wedgectl: no node with id ghost (HTTP 404, not_found)",
+        "{}",
+        stderr(&o)
+    );
+    let o = ctl(&api, &["nodes", "--label", "nolabel"]).await?;
+    ensure!(o.status.code() == Some(2), "{o:?}");
+    ensure!(stderr(&o).contains("--label takes k=v"), "{}", stderr(&o));
+    let o = ctl(&api, &["nodes", "--status", "sleepy"]).await?;
+    ensure!(o.status.code() == Some(2), "{o:?}");
+
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "module: m\n")?;
+    let o = ctl(&api, &["deploy", "-f", bad.to_str().context("path")?]).await?;
+    ensure!(o.status.code() == Some(2), "{o:?}");
+    ensure!(stderr(&o).contains("no \"name\""), "{}", stderr(&o));
+    let unknown = dir.path().join("unknown.yaml");
+    std::fs::write(&unknown, "name: x\nmodule: nope@1\nnodes: [a]\n")?;
+    let o = ctl(&api, &["deploy", "-f", unknown.to_str().context("path")?]).await?;
+    ensure!(o.status.code() == Some(1), "{o:?}");
+    ensure!(
+        stderr(&o).contains("deployment/x: no module nope@1; upload it first (HTTP 400"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The API URL from a config file, and from the environment.
+    let config = dir.path().join("wedgectl.toml");
+    std::fs::write(&config, format!("api = \"{api}\"\n"))?;
+    let o = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["nodes", "-o", "json"])
+        .env_remove("WEDGE_API")
+        .output()?;
+    ensure!(o.status.success() && stdout(&o).trim() == "[]", "{o:?}");
+    let o = Command::new(BIN)
+        .args(["nodes", "-o", "json"])
+        .env("WEDGE_API", &api)
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()?;
+    ensure!(o.status.success() && stdout(&o).trim() == "[]", "{o:?}");
+    cp.stop().await;
+    Ok(())
+}

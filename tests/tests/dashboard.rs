@@ -1,0 +1,82 @@
+//! The dashboard in a real browser: the demo (a control plane, three real edge nodes with
+//! sensors, two deployments and a canary rollout) runs in this process, and headless
+//! Chromium driven by playwright-core (`tests/browser/dashboard.mjs`) loads the dashboard,
+//! filters and searches the nodes, clicks into a node and checks its modules, chart and
+//! events, then opens the rollout. Screenshots land in `target/ci-artifacts/`.
+//!
+//! Needs Node.js, `npm ci --prefix tests/browser` and Debian's `chromium` (or `$CHROMIUM`);
+//! `.ci/run` installs them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use wedge_tests::demo::Event;
+use wedge_tests::{Api, wait_for};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_live_fleet_in_a_browser() -> anyhow::Result<()> {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let script = here.join("browser/dashboard.mjs");
+    if !here.join("browser/node_modules/playwright-core").is_dir() {
+        bail!(
+            "playwright-core is not installed: run `npm ci --prefix tests/browser` \
+             (and `apt-get install chromium`), as .ci/run does"
+        );
+    }
+    let shots = here.join("../target/ci-artifacts");
+
+    let (events, mut seen) = tokio::sync::mpsc::channel(64);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let any = "127.0.0.1:0".parse()?;
+    let demo = tokio::spawn(wedge_tests::demo::run(
+        wedge_tests::demo::Options {
+            api_listen: any,
+            control_mqtt_listen: any,
+            node_mqtt_listen: any,
+            interval: Duration::from_millis(100),
+            bake: Duration::from_secs(2),
+        },
+        events,
+        stop.clone(),
+    ));
+    let base = loop {
+        match tokio::time::timeout(DEADLINE, seen.recv()).await? {
+            Some(Event::Ready { api }) => break api,
+            Some(Event::Alert { .. }) => {}
+            None => bail!("the demo stopped: {:?}", demo.await),
+        }
+    };
+    tokio::spawn(async move { while seen.recv().await.is_some() {} });
+
+    // Something to chart: two windows of room statistics stored from berlin-1.
+    let api = Api::new(base.trim_start_matches("http://").parse()?);
+    wait_for("two room-stats records from berlin-1", DEADLINE, || async {
+        let records = api.telemetry("berlin-1", Some("room-stats")).await.ok()?;
+        (records.len() >= 2).then_some(())
+    })
+    .await?;
+
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(&script)
+            .arg(&base)
+            .arg(&shots)
+            .output()
+    })
+    .await?
+    .context("cannot run node (Node.js 20 or newer is needed)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    stop.cancel();
+    demo.await??;
+    assert!(
+        out.status.success(),
+        "the browser check failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    Ok(())
+}
