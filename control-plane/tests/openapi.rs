@@ -170,6 +170,16 @@ async fn every_error_has_the_one_shape() {
             404,
             "not_found",
         ),
+        (
+            client.get(format!("{base}/api/v1/nodes/%FF")),
+            400,
+            "bad_request",
+        ),
+        (
+            client.get(format!("{base}/api/v1/nodes/x/telemetry?limit=-1")),
+            400,
+            "bad_request",
+        ),
         // malformed and invalid bodies and queries
         (
             client

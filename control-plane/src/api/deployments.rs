@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -16,6 +16,7 @@ use wedge_shared::topics::{validate_filter, validate_id};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::extract::Path;
 use super::modules::ModuleView;
 use crate::fleet::Fleet;
 use crate::rollout::Control;

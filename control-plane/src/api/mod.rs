@@ -3,6 +3,7 @@
 
 pub mod deployments;
 pub mod error;
+pub mod extract;
 pub mod fleet;
 pub mod health;
 pub mod modules;

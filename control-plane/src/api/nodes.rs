@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use wedge_shared::messages::EventKind;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::extract::Path;
 use crate::fleet::{EventRecord, FleetEvent};
 use crate::store::{Liveness, NodeRecord};
 use crate::time::rfc3339;

@@ -212,6 +212,14 @@ impl Rollouts {
             let name = record.name.clone();
             let plan = match plans.remove(&name) {
                 Some(mut old) => {
+                    if old.rollout.phase.is_active() {
+                        // One last look first: a rollout whose nodes are all healthy but
+                        // that was not stepped since completes now, so its revision
+                        // becomes the stable one the new revision can roll back to.
+                        let observed = self.observe(&name, &old);
+                        let changes = old.rollout.step(now, &observed);
+                        lock(&self.retry).extend(changes.assignments);
+                    }
                     old.rollout =
                         old.rollout
                             .supersede(record.revision, record.strategy.clone(), now);
