@@ -16,6 +16,7 @@ const state = {
   stream: null,
   timer: null,
   generation: 0,
+  bannerKind: null,
 };
 
 // ---- DOM helpers -------------------------------------------------------------------------
@@ -108,10 +109,13 @@ async function api(path, options) {
   return body;
 }
 
-function showBanner(text) {
+// `kind` is "load" (cleared by the next successful refresh) or "action" (stays until the
+// next navigation, so a refused pause or abort is not wiped by the poll).
+function showBanner(text, kind) {
   const b = document.getElementById("banner");
   b.textContent = text;
   b.hidden = !text;
+  state.bannerKind = text ? kind || "load" : null;
 }
 
 function showTokenForm() {
@@ -331,11 +335,13 @@ async function deploymentDetail(gen, name) {
     type: "button", class: "secondary", disabled: !r || !["canary", "batches"].includes(r.phase),
     onclick: async () => {
       try { await api(`/api/v1/deployments/${encodeURIComponent(name)}/${verb}`, { method: "POST" }); showBanner(""); }
-      catch (e) { showBanner(`${verb}: ${e.message}`); }
+      catch (e) { showBanner(`${verb}: ${e.message}`, "action"); }
       render();
     },
   }, verb);
-  const target = d.selector ? labels(d.selector.labels) : (d.nodes || []).join(", ");
+  const target = d.selector
+    ? (Object.keys(d.selector.labels || {}).length ? labels(d.selector.labels) : "every node")
+    : (d.nodes || []).join(", ");
   const nodes = r && r.nodes ? r.nodes.map((n) => h("tr", {},
     h("td", {}, h("a", { href: `#/nodes/${encodeURIComponent(n.node)}` }, n.node)),
     h("td", {}, h("span", { class: `badge ${n.state}` }, n.state)),
@@ -390,7 +396,7 @@ async function render() {
     }
     live.textContent = `live · updated ${new Date().toLocaleTimeString()}`;
     live.className = "live ok";
-    if (!document.getElementById("banner").textContent.includes(":")) showBanner("");
+    if (state.bannerKind === "load") showBanner("");
   } catch (e) {
     live.textContent = "not updating";
     live.className = "live stale";
