@@ -108,13 +108,38 @@ impl App {
             shutdown.clone(),
         ));
 
-        let app = api::router(AppState {
-            store: store.clone(),
-            fleet,
-            rollouts,
-            counters,
-            max_module_size: config.max_module_size,
-        });
+        let tokens = if config.auth.enabled {
+            let tokens = crate::auth::Tokens::load(&config.data_dir)
+                .context("cannot read the API tokens")?;
+            if tokens.count() == 0 {
+                tracing::warn!(
+                    "no API tokens yet: every API request is refused until you create one with \
+                     `wedge-control token create --name NAME --role operator`"
+                );
+            }
+            Some(tokens)
+        } else {
+            tracing::warn!(
+                "API AUTHENTICATION IS OFF: anyone who reaches {} can deploy code to every node",
+                api_addr
+            );
+            None
+        };
+        let guard = Arc::new(api::auth::Guard::new(
+            tokens,
+            config.auth.rate_per_sec,
+            config.auth.rate_burst,
+        ));
+        let app = api::router(
+            AppState {
+                store: store.clone(),
+                fleet,
+                rollouts,
+                counters,
+                max_module_size: config.max_module_size,
+            },
+            guard,
+        );
         let api_shutdown = shutdown.clone();
         tracker.spawn(async move {
             let serve = axum::serve(listener, app)

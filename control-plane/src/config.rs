@@ -28,6 +28,30 @@ pub struct Config {
     pub telemetry_retention_secs: u64,
     /// When stored telemetry exceeds this, the oldest records are deleted.
     pub telemetry_max_bytes: u64,
+    /// Who may use the API.
+    pub auth: AuthConfig,
+}
+
+/// API tokens (see [`crate::auth`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Off: anyone who reaches the API may do anything (demo only; logged loudly).
+    pub enabled: bool,
+    /// Requests per second each token may make on average…
+    pub rate_per_sec: u32,
+    /// …and in a burst.
+    pub rate_burst: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate_per_sec: 50,
+            rate_burst: 200,
+        }
+    }
 }
 
 impl Default for Config {
@@ -41,6 +65,7 @@ impl Default for Config {
             mqtt_max_payload: 1024 * 1024,
             telemetry_retention_secs: 7 * 24 * 3600,
             telemetry_max_bytes: 1024 * 1024 * 1024,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -61,6 +86,9 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.heartbeat_timeout_secs == 0 {
             bail!("heartbeat_timeout_secs must be at least 1");
+        }
+        if self.auth.rate_per_sec == 0 || self.auth.rate_burst == 0 {
+            bail!("auth.rate_per_sec and auth.rate_burst must be at least 1");
         }
         if self.max_module_size == 0 {
             bail!("max_module_size must be positive");

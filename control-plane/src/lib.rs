@@ -25,6 +25,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod dashboard;
 pub mod desired;

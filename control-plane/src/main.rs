@@ -26,6 +26,68 @@ struct Cli {
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    #[command(subcommand)]
+    admin: Option<Admin>,
+}
+
+/// Administration of the control plane in `--data-dir` (works while it runs).
+#[derive(Debug, clap::Subcommand)]
+enum Admin {
+    /// API tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (the only time it is shown)
+    Create {
+        /// Who or what uses it, e.g. "alice" or "ci"
+        #[arg(long)]
+        name: String,
+        /// viewer: read only; operator: read and change
+        #[arg(long, value_enum)]
+        role: wedge_control_plane::auth::Role,
+    },
+    /// List tokens (ids, names, roles; never secrets)
+    List,
+    /// Revoke a token by id: refused from the next request on
+    Revoke { id: String },
+}
+
+fn admin(data_dir: &std::path::Path, command: Admin) -> anyhow::Result<()> {
+    use wedge_control_plane::auth;
+    let Admin::Token(command) = command;
+    match command {
+        TokenCommand::Create { name, role } => {
+            let (entry, token) = auth::create(data_dir, &name, role)?;
+            eprintln!(
+                "created token {} ({}) for {}; it is shown once, keep it safe:",
+                entry.id,
+                entry.role.as_str(),
+                entry.name
+            );
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            for t in auth::list(data_dir)? {
+                println!(
+                    "{}  {:<8}  {}  {}",
+                    t.id,
+                    t.role.as_str(),
+                    t.created_at,
+                    t.name
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if !auth::revoke(data_dir, &id)? {
+                anyhow::bail!("no token with id {id}");
+            }
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 fn config(cli: &Cli) -> anyhow::Result<Config> {
@@ -48,7 +110,17 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.admin.take() {
+        let result = config(&cli).and_then(|c| admin(&c.data_dir, command));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wedge-control: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     wedge_shared::process::init(&cli.log_format);
     wedge_shared::process::run_service("wedge-control", config(&cli), App::start).await
 }

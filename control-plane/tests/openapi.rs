@@ -8,15 +8,28 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-async fn control_plane(dir: &std::path::Path) -> wedge_control_plane::Running {
-    wedge_control_plane::App::start(wedge_control_plane::Config {
+/// A control plane, and a client carrying an operator token it accepts.
+async fn control_plane(dir: &std::path::Path) -> (wedge_control_plane::Running, reqwest::Client) {
+    let role = wedge_control_plane::auth::Role::Operator;
+    let (_, token) = wedge_control_plane::auth::create(dir, "test", role).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+    let running = wedge_control_plane::App::start(wedge_control_plane::Config {
         data_dir: dir.to_path_buf(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         mqtt_listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     })
     .await
-    .unwrap()
+    .unwrap();
+    (running, client)
 }
 
 /// `(METHOD, /path/{param})` of every operation in the description.
@@ -71,9 +84,8 @@ fn assert_error_shape(status: u16, body: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_is_described_and_every_description_is_routed() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane(dir.path()).await;
+    let (cp, client) = control_plane(dir.path()).await;
     let base = format!("http://{}", cp.api_addr());
-    let client = reqwest::Client::new();
 
     let resp = client
         .get(format!("{base}/api/openapi.json"))
@@ -148,9 +160,8 @@ async fn every_route_is_described_and_every_description_is_routed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_has_the_one_shape() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane(dir.path()).await;
+    let (cp, client) = control_plane(dir.path()).await;
     let base = format!("http://{}", cp.api_addr());
-    let client = reqwest::Client::new();
 
     let cases = [
         // unknown route, wrong method, unknown resources

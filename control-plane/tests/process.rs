@@ -121,3 +121,37 @@ fn http_get(addr: &str, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+#[test]
+fn token_commands_create_list_and_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--data-dir", data])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["token", "create", "--name", "ci", "--role", "viewer"]);
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(token.starts_with("wdg_"), "{token}");
+    let id = token.split('_').nth(1).unwrap().to_string();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shown once"));
+
+    let out = run(&["token", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        list.contains(&id) && list.contains("viewer") && list.contains("ci"),
+        "{list}"
+    );
+    assert!(!list.contains(&token), "the list never shows a secret");
+
+    let out = run(&["token", "create", "--name", "x", "--role", "admin"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown role");
+    assert!(run(&["token", "revoke", &id]).status.success());
+    let out = run(&["token", "revoke", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token with id"));
+}

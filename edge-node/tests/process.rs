@@ -24,8 +24,14 @@ fn spawn_node(cp_mqtt: std::net::SocketAddr, id: &str, dir: &std::path::Path) ->
         .expect("wedge-node starts")
 }
 
+/// The API token the tests' control planes accept (made in their data dir before start).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 async fn node_json(api: std::net::SocketAddr, id: &str) -> Option<serde_json::Value> {
-    let resp = reqwest::get(format!("http://{api}/api/v1/nodes/{id}"))
+    let resp = reqwest::Client::new()
+        .get(format!("http://{api}/api/v1/nodes/{id}"))
+        .bearer_auth(TOKEN.get()?)
+        .send()
         .await
         .ok()?;
     if resp.status() != 200 {
@@ -54,6 +60,9 @@ async fn wait_status(api: std::net::SocketAddr, id: &str, status: &str) -> serde
 }
 
 async fn control_plane(dir: &std::path::Path) -> wedge_control_plane::Running {
+    let role = wedge_control_plane::auth::Role::Viewer;
+    let (_, token) = wedge_control_plane::auth::create(dir, "test", role).unwrap();
+    TOKEN.set(token).unwrap();
     wedge_control_plane::App::start(wedge_control_plane::Config {
         data_dir: dir.to_path_buf(),
         api_listen: "127.0.0.1:0".parse().unwrap(),

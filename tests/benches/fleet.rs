@@ -43,7 +43,8 @@ async fn run(n: usize) -> anyhow::Result<()> {
     let api_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let mqtt_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let _cp = Proc::control_plane(dir.path(), api_addr, mqtt_addr)?;
-    let api = Api::new(api_addr);
+    let token = wedge_tests::operator_token(dir.path())?;
+    let api = Api::with_token(api_addr, Some(token.clone()));
     wait_for("control plane API", DEADLINE, || async {
         api.get("/healthz").await.ok().filter(|(s, _)| *s == 200)
     })
@@ -186,7 +187,12 @@ async fn run(n: usize) -> anyhow::Result<()> {
     );
 
     // 4. API latency with every node registered.
-    let http = reqwest::Client::new();
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    let http = reqwest::Client::builder().default_headers(auth).build()?;
     let base = format!("http://{api_addr}");
     let mut one = Vec::new();
     for i in 0..1000 {

@@ -66,6 +66,11 @@ pub async fn run(
             data_dir: dir.path().join("control-plane"),
             api_listen: options.api_listen,
             mqtt_listen: options.control_mqtt_listen,
+            // The demo is for trying things on one machine: no tokens to copy around.
+            auth: wedge_control_plane::config::AuthConfig {
+                enabled: false,
+                ..Default::default()
+            },
             ..Default::default()
         },
         dir,
@@ -190,6 +195,7 @@ fn print_banner(base: &str, nodes: &[Node], interval: Duration, bake: u64) {
     println!("Wedge demo is running.");
     println!();
     println!("  Dashboard      : {base}/");
+    println!("  API auth       : OFF for the demo; anyone who reaches the API may deploy code");
     println!("  API            : {base}/api/v1  (description: {base}/api/openapi.json)");
     for node in nodes {
         let labels = NODES

@@ -39,11 +39,20 @@ where
     }
 }
 
+/// Creates an operator token in a control plane's data directory (before or while it
+/// runs) and returns it.
+pub fn operator_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let role = wedge_control_plane::auth::Role::Operator;
+    Ok(wedge_control_plane::auth::create(data_dir, "tests", role)?.1)
+}
+
 /// A control plane running in this process.
 pub struct ControlPlane {
     running: Option<wedge_control_plane::Running>,
     _dir: tempfile::TempDir,
     pub api: Api,
+    /// The operator token the harness uses (None with auth off).
+    pub token: Option<String>,
     pub mqtt_addr: SocketAddr,
 }
 
@@ -60,13 +69,21 @@ impl ControlPlane {
         Self::start_with(config, dir).await
     }
 
+    /// Starts one with `config`; with API auth on (the default) the harness's [`Api`]
+    /// carries an operator token, also in [`ControlPlane::token`].
     pub async fn start_with(
         config: wedge_control_plane::Config,
         dir: tempfile::TempDir,
     ) -> anyhow::Result<Self> {
+        let token = if config.auth.enabled {
+            Some(operator_token(&config.data_dir)?)
+        } else {
+            None
+        };
         let running = wedge_control_plane::App::start(config).await?;
         Ok(Self {
-            api: Api::new(running.api_addr()),
+            api: Api::with_token(running.api_addr(), token.clone()),
+            token,
             mqtt_addr: running.mqtt_addr(),
             running: Some(running),
             _dir: dir,
@@ -173,10 +190,25 @@ pub struct Api {
 }
 
 impl Api {
+    /// A client without a token (for a control plane with auth off).
     pub fn new(addr: SocketAddr) -> Self {
+        Self::with_token(addr, None)
+    }
+
+    /// A client that sends `token` as its bearer token.
+    pub fn with_token(addr: SocketAddr, token: Option<String>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token
+            && let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         Self {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap_or_default(),
         }
     }
 

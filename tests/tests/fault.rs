@@ -50,8 +50,9 @@ async fn nothing_lost_nothing_doubled_across_partition_and_crashes() -> anyhow::
     let cp_dir = dir.path().join("cp");
     let node_dir = dir.path().join("node");
 
+    let token = wedge_tests::operator_token(&cp_dir)?;
+    let api = Api::with_token(api_addr, Some(token));
     let mut cp = Proc::control_plane(&cp_dir, api_addr, mqtt_addr)?;
-    let api = Api::new(api_addr);
     wait_for("control plane API", DEADLINE, || async {
         api.get("/healthz").await.ok().filter(|(s, _)| *s == 200)
     })

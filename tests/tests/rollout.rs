@@ -324,7 +324,8 @@ async fn a_node_started_offline_runs_its_modules_and_keeps_them_on_reconnect() -
     let api_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let mqtt_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let cp_dir = dir.path().join("cp");
-    let api = Api::new(api_addr);
+    let token = wedge_tests::operator_token(&cp_dir)?;
+    let api = Api::with_token(api_addr, Some(token));
     let start_cp = || async {
         let cp = Proc::control_plane(&cp_dir, api_addr, mqtt_addr)?;
         wait_for("control plane API", DEADLINE, || async {

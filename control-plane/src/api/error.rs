@@ -32,6 +32,30 @@ impl ApiError {
         }
     }
 
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: message.into(),
+        }
+    }
+
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "too_many_requests",
+            message: message.into(),
+        }
+    }
+
     pub fn method_not_allowed() -> Self {
         Self {
             status: StatusCode::METHOD_NOT_ALLOWED,
@@ -88,8 +112,9 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable and machine-readable: `bad_request`, `not_found`, `method_not_allowed`,
-    /// `conflict`, `payload_too_large`, `internal`.
+    /// Stable and machine-readable: `bad_request`, `unauthorized`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `conflict`, `payload_too_large`,
+    /// `too_many_requests`, `internal`.
     pub code: String,
     /// For people: what was wrong and, where it helps, how to fix it.
     pub message: String,

@@ -1,6 +1,7 @@
 //! The HTTP API (JSON). One file per resource; [`error::ApiError`] is the one error shape:
 //! `{"error": {"code": "...", "message": "..."}}`.
 
+pub mod auth;
 pub mod deployments;
 pub mod error;
 pub mod extract;
@@ -49,9 +50,35 @@ pub struct AppState {
         (name = "fleet", description = "the fleet in one answer"),
         (name = "health", description = "probes"),
         (name = "meta", description = "this description"),
-    )
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
 )]
 struct ApiDoc;
+
+/// Every operation takes a bearer token (`wedge-control token create`); without one the
+/// answer is 401, with a viewer token on a write 403, over the token's rate 429.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_default()
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(
+                            "An API token, `wdg_<id>_<secret>`: viewer reads, operator also writes",
+                        ))
+                        .build(),
+                ),
+            );
+    }
+}
 
 /// Every API route with its description. Routes are registered only through
 /// `utoipa_axum::routes!`, which takes method and path from the handler's description: a
@@ -85,11 +112,12 @@ async fn openapi_json() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body.as_str())
 }
 
-/// The whole API, and the dashboard at `/`.
-pub fn router(state: AppState) -> Router {
+/// The whole API, and the dashboard at `/`, behind the token checks of `guard`.
+pub fn router(state: AppState, guard: Arc<auth::Guard>) -> Router {
     let (api, _) = routes(state.max_module_size).split_for_parts();
     api.merge(crate::dashboard::routes())
         .fallback(|| async { error::ApiError::not_found("no such route; see /api/openapi.json") })
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(guard, auth::check))
         .with_state(state)
 }

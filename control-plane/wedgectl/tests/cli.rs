@@ -12,13 +12,29 @@ use wedge_tests::{ControlPlane, Device, Node, wait_for};
 const BIN: &str = env!("CARGO_BIN_EXE_wedgectl");
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Runs `wedgectl --api <api> args…` off the async runtime.
-async fn ctl(api: &str, args: &[&str]) -> anyhow::Result<Output> {
+/// The control plane under test: its API and the operator token the harness made.
+struct Target {
+    api: String,
+    token: String,
+}
+
+impl Target {
+    fn of(cp: &ControlPlane) -> anyhow::Result<Self> {
+        Ok(Self {
+            api: cp.api.base.clone(),
+            token: cp.token.clone().context("auth is on")?,
+        })
+    }
+}
+
+/// Runs `wedgectl --api <api> args…` off the async runtime, with the token in the
+/// environment (as a user would export it).
+async fn ctl(t: &Target, args: &[&str]) -> anyhow::Result<Output> {
     let mut cmd = Command::new(BIN);
-    cmd.arg("--api").arg(api).args(args);
+    cmd.arg("--api").arg(&t.api).args(args);
+    cmd.env("WEDGE_TOKEN", &t.token);
     // A developer's own config must not leak into the test.
-    cmd.env("XDG_CONFIG_HOME", "/nonexistent")
-        .env_remove("WEDGE_TOKEN");
+    cmd.env("XDG_CONFIG_HOME", "/nonexistent");
     Ok(tokio::task::spawn_blocking(move || cmd.output()).await??)
 }
 
@@ -31,8 +47,8 @@ fn stderr(o: &Output) -> String {
 }
 
 /// Runs and expects success; returns stdout.
-async fn ok(api: &str, args: &[&str]) -> anyhow::Result<String> {
-    let o = ctl(api, args).await?;
+async fn ok(t: &Target, args: &[&str]) -> anyhow::Result<String> {
+    let o = ctl(t, args).await?;
     ensure!(
         o.status.success(),
         "wedgectl {args:?} failed ({}): {}{}",
@@ -46,7 +62,7 @@ async fn ok(api: &str, args: &[&str]) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_lists_pushes_deploys_and_follows_a_rollout() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
-    let api = cp.api.base.clone();
+    let api = Target::of(&cp)?;
     let mut berlin = Node::start(&cp, "berlin-1", &[("site", "berlin")]).await?;
     let mut paris = Node::start(&cp, "paris-1", &[("site", "paris")]).await?;
     for id in ["berlin-1", "paris-1"] {
@@ -175,9 +191,10 @@ async fn an_operator_lists_pushes_deploys_and_follows_a_rollout() -> anyhow::Res
 
     // --follow prints new records as they come, until stopped.
     let mut follow = Command::new(BIN)
+        .env("WEDGE_TOKEN", &api.token)
         .args([
             "--api",
-            &api,
+            &api.api,
             "telemetry",
             "berlin-1",
             "--follow",
@@ -225,7 +242,11 @@ async fn an_operator_lists_pushes_deploys_and_follows_a_rollout() -> anyhow::Res
 async fn errors_say_what_is_wrong() -> anyhow::Result<()> {
     // Nothing listens on a port just released.
     let free = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let o = ctl(&format!("http://{free}"), &["nodes"]).await?;
+    let nowhere = Target {
+        api: format!("http://{free}"),
+        token: String::new(),
+    };
+    let o = ctl(&nowhere, &["nodes"]).await?;
     ensure!(o.status.code() == Some(3), "{o:?}");
     ensure!(
         stderr(&o).contains(&format!("cannot reach the control plane at http://{free}")),
@@ -234,7 +255,7 @@ async fn errors_say_what_is_wrong() -> anyhow::Result<()> {
     );
 
     let cp = ControlPlane::start().await?;
-    let api = cp.api.base.clone();
+    let api = Target::of(&cp)?;
     let o = ctl(&api, &["node", "ghost"]).await?;
     ensure!(o.status.code() == Some(1), "{o:?}");
     ensure!(
@@ -266,20 +287,38 @@ async fn errors_say_what_is_wrong() -> anyhow::Result<()> {
 
     // The API URL from a config file, and from the environment.
     let config = dir.path().join("wedgectl.toml");
-    std::fs::write(&config, format!("api = \"{api}\"\n"))?;
+    std::fs::write(
+        &config,
+        format!("api = \"{}\"\ntoken = \"{}\"\n", api.api, api.token),
+    )?;
     let o = Command::new(BIN)
         .arg("--config")
         .arg(&config)
         .args(["nodes", "-o", "json"])
         .env_remove("WEDGE_API")
+        .env_remove("WEDGE_TOKEN")
         .output()?;
     ensure!(o.status.success() && stdout(&o).trim() == "[]", "{o:?}");
     let o = Command::new(BIN)
         .args(["nodes", "-o", "json"])
-        .env("WEDGE_API", &api)
+        .env("WEDGE_API", &api.api)
+        .env("WEDGE_TOKEN", &api.token)
         .env("XDG_CONFIG_HOME", "/nonexistent")
         .output()?;
     ensure!(o.status.success() && stdout(&o).trim() == "[]", "{o:?}");
+
+    // Without the token the server's refusal is shown as it is.
+    let o = Command::new(BIN)
+        .args(["--api", &api.api, "nodes"])
+        .env_remove("WEDGE_TOKEN")
+        .env("XDG_CONFIG_HOME", "/nonexistent")
+        .output()?;
+    ensure!(o.status.code() == Some(1), "{o:?}");
+    ensure!(
+        stderr(&o).contains("this API needs a token") && stderr(&o).contains("HTTP 401"),
+        "{}",
+        stderr(&o)
+    );
     cp.stop().await;
     Ok(())
 }
