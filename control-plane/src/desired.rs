@@ -23,6 +23,7 @@ pub fn spec(d: &DeploymentRecord) -> ModuleSpec {
         publish_prefixes: d.publish_prefixes.clone(),
         tick_ms: d.tick_ms,
         limits: d.limits.clone(),
+        signature: d.module.signature.clone(),
     }
 }
 
@@ -56,6 +57,7 @@ mod tests {
                 digest: Digest::of(name.as_bytes()),
                 size: 3,
                 uploaded_at_ms: 0,
+                signature: None,
             },
             target,
             subscriptions: vec!["s/#".into()],

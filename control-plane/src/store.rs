@@ -54,6 +54,9 @@ pub struct ModuleRecord {
     pub digest: Digest,
     pub size: u64,
     pub uploaded_at_ms: u64,
+    /// The publisher's signature, verified at upload.
+    #[serde(default)]
+    pub signature: Option<wedge_shared::signing::ModuleSignature>,
 }
 
 /// Which nodes a deployment targets.
@@ -511,6 +514,7 @@ mod tests {
             digest: Digest::of(bytes),
             size: bytes.len() as u64,
             uploaded_at_ms: 1,
+            signature: None,
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Identity {
     pub data_dir: std::path::PathBuf,
     pub max_module_size: u64,
     pub limits: ModuleLimits,
+    /// Publisher keys whose signatures this node requires (empty: none required).
+    pub trusted_publishers: Vec<[u8; 32]>,
 }
 
 /// The reconciling agent.
@@ -285,6 +287,13 @@ impl Agent {
 
     /// Starts an instance of `spec`, or starts fetching its blob (`Ok(None)`).
     async fn start(&mut self, spec: &ModuleSpec) -> Result<Option<Instance>, String> {
+        // Before fetching: the signature covers the digest, which the desired state carries.
+        wedge_shared::signing::check(
+            spec.signature.as_ref(),
+            &spec.digest,
+            &self.identity.trusted_publishers,
+        )
+        .map_err(|e| e.to_string())?;
         if spec.size > self.identity.max_module_size {
             return Err(format!(
                 "module of {} bytes exceeds this node's limit of {}",

@@ -82,6 +82,7 @@ impl App {
                 data_dir: config.data_dir.clone(),
                 max_module_size: config.max_module_size,
                 limits: config.limits.clone(),
+                trusted_publishers: config.trusted_keys()?,
             },
             Wiring {
                 store,

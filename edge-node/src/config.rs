@@ -39,6 +39,9 @@ pub struct Config {
     /// Records older than this are dropped (and counted) even if undelivered; none by default.
     pub buffer_ttl_secs: Option<u64>,
     pub limits: ModuleLimits,
+    /// Publisher keys (`ed25519:<base64>`) this node trusts; when any are given, only modules
+    /// signed by one of them run. Empty: signatures are not required.
+    pub trusted_publishers: Vec<String>,
 }
 
 /// Smallest memory limit a module may have: a Rust guest starts at ~1.1 MB.
@@ -88,6 +91,7 @@ impl Default for Config {
             buffer_full: Default::default(),
             buffer_ttl_secs: None,
             limits: ModuleLimits::default(),
+            trusted_publishers: Vec::new(),
         }
     }
 }
@@ -104,6 +108,17 @@ impl Config {
         Duration::from_secs(self.heartbeat_interval_secs)
     }
 
+    /// The trusted publisher keys, parsed.
+    pub fn trusted_keys(&self) -> anyhow::Result<Vec<[u8; 32]>> {
+        self.trusted_publishers
+            .iter()
+            .map(|k| {
+                wedge_shared::signing::parse_public_key(k)
+                    .map_err(|e| anyhow::anyhow!("trusted_publishers: {e}"))
+            })
+            .collect()
+    }
+
     /// The control plane's broker as (host, port).
     pub fn control_plane_addr(&self) -> anyhow::Result<(String, u16)> {
         parse_mqtt_url(&self.control_plane)
@@ -113,6 +128,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         validate_id(&self.node_id).map_err(|e| anyhow::anyhow!("node_id {e}"))?;
         self.control_plane_addr()?;
+        self.trusted_keys()?;
         for (k, v) in &self.labels {
             if k.is_empty() || k.contains([',', '=']) || v.contains([',', '=']) {
                 bail!("label {k}={v}: keys must be non-empty; neither may contain ',' or '='");

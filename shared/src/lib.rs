@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod messages;
 #[cfg(feature = "process")]
 pub mod process;
+pub mod signing;
 pub mod topics;
 
 pub use digest::Digest;

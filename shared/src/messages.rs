@@ -152,6 +152,9 @@ pub struct ModuleSpec {
     /// Limits for this module; `None` fields take the node's defaults.
     #[serde(default)]
     pub limits: Limits,
+    /// The publisher's signature on `digest`, if the module was uploaded signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::ModuleSignature>,
 }
 
 /// Sandbox limits of one module instance.
@@ -381,6 +384,9 @@ mod tests {
                         publish_prefixes,
                         tick_ms,
                         limits,
+                        // Exercise both shapes: signed (from the digest) and unsigned.
+                        signature: (size % 2 == 0)
+                            .then(|| crate::signing::ModuleSignature::sign(&[3; 32], &digest)),
                     }
                 },
             )

@@ -146,8 +146,19 @@ impl Node {
         labels: &[(&str, &str)],
         listen: SocketAddr,
     ) -> anyhow::Result<Self> {
+        Self::start_configured(cp, id, labels, listen, |_| {}).await
+    }
+
+    /// Starts a node whose configuration `tweak` adjusts first.
+    pub async fn start_configured(
+        cp: &ControlPlane,
+        id: &str,
+        labels: &[(&str, &str)],
+        listen: SocketAddr,
+        tweak: impl FnOnce(&mut wedge_edge_node::Config),
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let config = wedge_edge_node::Config {
+        let mut config = wedge_edge_node::Config {
             node_id: id.to_string(),
             data_dir: dir.path().to_path_buf(),
             control_plane: cp.mqtt_url(),
@@ -159,6 +170,7 @@ impl Node {
             heartbeat_interval_secs: 1,
             ..Default::default()
         };
+        tweak(&mut config);
         let running = wedge_edge_node::App::start(config).await?;
         Ok(Self {
             id: id.to_string(),
@@ -229,14 +241,25 @@ impl Api {
     }
 
     pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
-        let resp = self
+        self.post_signed(path, body, None).await
+    }
+
+    /// Posts a module with a `Wedge-Signature` header when `signature` is given.
+    pub async fn post_signed(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        signature: Option<&wedge_shared::signing::ModuleSignature>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self
             .http
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/wasm")
-            .body(body)
-            .send()
-            .await?;
-        Self::finish(resp).await
+            .body(body);
+        if let Some(sig) = signature {
+            req = req.header("wedge-signature", sig.to_header());
+        }
+        Self::finish(req.send().await?).await
     }
 
     async fn finish(resp: reqwest::Response) -> anyhow::Result<(u16, Value)> {

@@ -37,6 +37,9 @@ pub struct ModuleView {
     pub version: String,
     pub size: u64,
     pub uploaded_at: String,
+    /// The publisher key that signed it (`ed25519:<base64>`), when uploaded signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 impl From<&ModuleRecord> for ModuleView {
@@ -47,9 +50,16 @@ impl From<&ModuleRecord> for ModuleView {
             version: m.version.clone(),
             size: m.size,
             uploaded_at: rfc3339(m.uploaded_at_ms),
+            signed_by: m
+                .signature
+                .as_ref()
+                .map(|s| wedge_shared::signing::format_public_key(&s.public_key)),
         }
     }
 }
+
+/// The header that carries a publisher's signature with an upload.
+pub const SIGNATURE_HEADER: &str = "wedge-signature";
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -72,20 +82,37 @@ async fn list(State(state): State<AppState>) -> Result<Json<Vec<ModuleView>>, Ap
 /// Uploads a WebAssembly component. Uploading the same bytes again answers 200 with the
 /// stored module; other bytes under an existing name and version are a conflict.
 #[utoipa::path(post, path = "/", tag = "modules",
-    params(UploadParams),
+    params(
+        UploadParams,
+        ("Wedge-Signature" = Option<String>, Header,
+            description = "a publisher's signature: `ed25519:<base64 public key>:<base64 signature>` over `wedge-module-v1:sha256:<hex digest>` (`wedgectl modules push --sign-key`)"),
+    ),
     request_body(content = WasmComponent, content_type = "application/wasm"),
     responses(
         (status = 201, description = "stored", body = ModuleView),
         (status = 200, description = "already stored with the same digest", body = ModuleView),
-        (status = 400, description = "not a valid component, or a bad name or version", body = ErrorBody),
+        (status = 400, description = "not a valid component, a bad name or version, or a signature that does not verify", body = ErrorBody),
         (status = 409, description = "name and version exist with other bytes", body = ErrorBody),
         (status = 413, description = "larger than max_module_size", body = ErrorBody),
     ))]
 async fn upload(
     State(state): State<AppState>,
     params: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<ModuleView>), ApiError> {
+    let signature = match headers.get(SIGNATURE_HEADER) {
+        None => None,
+        Some(v) => {
+            let text = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("the Wedge-Signature header is not text"))?;
+            Some(
+                wedge_shared::signing::ModuleSignature::from_header(text)
+                    .map_err(|e| ApiError::bad_request(format!("Wedge-Signature: {e}")))?,
+            )
+        }
+    };
     let Query(params) = params?;
     validate_id(&params.name).map_err(|e| ApiError::bad_request(format!("name {e}")))?;
     validate_id(&params.version).map_err(|e| ApiError::bad_request(format!("version {e}")))?;
@@ -102,8 +129,26 @@ async fn upload(
     validate_component(&body).map_err(ApiError::bad_request)?;
 
     let digest = Digest::of(&body);
-    if let Some(existing) = state.store.module(&params.name, &params.version)? {
+    if let Some(sig) = &signature {
+        sig.verify(&digest).map_err(|_| {
+            ApiError::bad_request(format!(
+                "Wedge-Signature does not verify: it was not made by {} over this module \
+                 ({digest})",
+                wedge_shared::signing::format_public_key(&sig.public_key)
+            ))
+        })?;
+    }
+    if let Some(mut existing) = state.store.module(&params.name, &params.version)? {
         if existing.digest == digest {
+            // The same bytes, now (differently) signed: keep the new signature.
+            if signature.is_some() && signature != existing.signature {
+                existing.signature = signature;
+                let store = state.store.clone();
+                let stored = existing.clone();
+                tokio::task::spawn_blocking(move || store.put_module(&stored, &body))
+                    .await
+                    .map_err(ApiError::internal)??;
+            }
             return Ok((StatusCode::OK, Json(ModuleView::from(&existing))));
         }
         return Err(ApiError::conflict(format!(
@@ -117,6 +162,7 @@ async fn upload(
         digest,
         size: body.len() as u64,
         uploaded_at_ms: now_ms(),
+        signature,
     };
     let store = state.store.clone();
     let stored = record.clone();

@@ -57,12 +57,21 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
-    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<Answer, Error> {
-        let req = self
+    /// Posts a module, with its publisher signature header if given.
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        signature: Option<String>,
+    ) -> Result<Answer, Error> {
+        let mut req = self
             .http
             .post(self.url(path))
             .header(reqwest::header::CONTENT_TYPE, "application/wasm")
             .body(body);
+        if let Some(sig) = signature {
+            req = req.header("wedge-signature", sig);
+        }
         self.send(req).await
     }
 

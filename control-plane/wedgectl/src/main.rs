@@ -83,6 +83,23 @@ enum Command {
     },
     /// Print a node's recent events
     Events { node: String },
+    /// Publisher keys for signing modules
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a private key file and print its public key (for nodes' trusted_publishers)
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public key of a private key file
+    Public {
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +111,9 @@ enum ModulesCommand {
         name: String,
         #[arg(long)]
         version: String,
+        /// Sign it with this private key (from `wedgectl keys generate`)
+        #[arg(long)]
+        sign_key: Option<PathBuf>,
     },
     /// List uploaded modules
     List,
@@ -168,7 +188,12 @@ async fn main() -> ExitCode {
             file,
             name,
             version,
-        }) => commands::modules::push(&client, out, &file, &name, &version).await,
+            sign_key,
+        }) => {
+            commands::modules::push(&client, out, &file, &name, &version, sign_key.as_deref()).await
+        }
+        Command::Keys(KeysCommand::Generate { out }) => commands::keys::generate(&out),
+        Command::Keys(KeysCommand::Public { key }) => commands::keys::public(&key),
         Command::Modules(ModulesCommand::List) => commands::modules::list(&client, out).await,
         Command::Deploy { file, format } => {
             commands::deploy::apply(&client, out, &file, format).await

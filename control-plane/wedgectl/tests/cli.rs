@@ -124,8 +124,39 @@ async fn an_operator_lists_pushes_deploys_and_follows_a_rollout() -> anyhow::Res
         "list"
     );
 
-    // deploy -f, idempotent like kubectl apply
+    // A publisher key, and a signed push.
     let dir = tempfile::tempdir()?;
+    let key = dir.path().join("publisher.key");
+    let key = key.to_str().context("utf-8 path")?;
+    let public = ok(&api, &["keys", "generate", "--out", key]).await?;
+    ensure!(public.starts_with("ed25519:"), "{public}");
+    ensure!(ok(&api, &["keys", "public", "--key", key]).await? == public);
+    let o = ctl(&api, &["keys", "generate", "--out", key]).await?;
+    ensure!(
+        o.status.code() == Some(2),
+        "a key is never overwritten: {o:?}"
+    );
+    let signed = ok(
+        &api,
+        &[
+            "modules",
+            "push",
+            wasm,
+            "--name",
+            "stats",
+            "--version",
+            "2",
+            "--sign-key",
+            key,
+        ],
+    )
+    .await?;
+    ensure!(
+        signed.contains(&format!("signed by {}", public.trim())),
+        "{signed}"
+    );
+
+    // deploy -f, idempotent like kubectl apply
     let yaml = dir.path().join("stats.yaml");
     std::fs::write(
         &yaml,

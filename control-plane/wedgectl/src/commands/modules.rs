@@ -14,10 +14,19 @@ pub async fn push(
     file: &Path,
     name: &str,
     version: &str,
+    sign_key: Option<&Path>,
 ) -> Result<()> {
     let wasm = std::fs::read(file)
         .with_context(|| format!("cannot read {}", file.display()))
         .map_err(Failure::Input)?;
+    let signature = match sign_key {
+        Some(key) => {
+            let seed = super::keys::read_seed(key).map_err(Failure::Input)?;
+            let digest = wedge_shared::Digest::of(&wasm);
+            Some(wedge_shared::signing::ModuleSignature::sign(&seed, &digest).to_header())
+        }
+        None => None,
+    };
     let answer = client
         .post_bytes(
             &format!(
@@ -26,17 +35,22 @@ pub async fn push(
                 segment(version)
             ),
             wasm,
+            signature,
         )
         .await?;
     let m = &answer.body;
     match out {
         Format::Json => output::json(m),
         Format::Table if answer.status == 201 => println!(
-            "module {}@{} pushed: {} ({})",
+            "module {}@{} pushed: {} ({}){}",
             text(&m["name"]),
             text(&m["version"]),
             text(&m["digest"]),
-            bytes(&m["size"])
+            bytes(&m["size"]),
+            m["signed_by"]
+                .as_str()
+                .map(|k| format!(", signed by {k}"))
+                .unwrap_or_default()
         ),
         Format::Table => println!(
             "module {}@{} unchanged: already stored with the same digest {}",
