@@ -2,7 +2,8 @@
 //! sensors, two deployments and a canary rollout) runs in this process, and headless
 //! Chromium driven by playwright-core (`tests/browser/dashboard.mjs`) loads the dashboard,
 //! filters and searches the nodes, clicks into a node and checks its modules, chart and
-//! events, then opens the rollout. Screenshots land in `target/ci-artifacts/`.
+//! events, then opens the rollout; and a control plane with API tokens on, where the page
+//! asks for a token. Screenshots land in `target/ci-artifacts/`.
 //!
 //! Needs Node.js, `npm ci --prefix tests/browser` and Debian's `chromium` (or `$CHROMIUM`);
 //! `.ci/run` installs them.
@@ -73,6 +74,44 @@ async fn the_dashboard_shows_a_live_fleet_in_a_browser() -> anyhow::Result<()> {
     println!("{stdout}");
     stop.cancel();
     demo.await??;
+    assert!(
+        out.status.success(),
+        "the browser check failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    Ok(())
+}
+
+/// With API tokens on (the default), the page asks for a token, refuses a wrong one, and
+/// shows the fleet with the right one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_asks_for_a_token_when_auth_is_on() -> anyhow::Result<()> {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if !here.join("browser/node_modules/playwright-core").is_dir() {
+        bail!("playwright-core is not installed: run `npm ci --prefix tests/browser`");
+    }
+    let script = here.join("browser/dashboard-auth.mjs");
+    let shots = here.join("../target/ci-artifacts");
+    let cp = wedge_tests::ControlPlane::start().await?;
+    let mut node = wedge_tests::Node::start(&cp, "guarded-1", &[("site", "x")]).await?;
+    cp.api.wait_status("guarded-1", "online", DEADLINE).await?;
+    let token = cp.token.clone().context("auth is on by default")?;
+    let base = cp.api.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(&script)
+            .arg(&base)
+            .arg(&token)
+            .arg(&shots)
+            .output()
+    })
+    .await?
+    .context("cannot run node (Node.js 20 or newer is needed)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    node.stop().await;
+    cp.stop().await;
     assert!(
         out.status.success(),
         "the browser check failed ({}):\n{stdout}\n{stderr}",
