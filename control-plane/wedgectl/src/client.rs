@@ -127,15 +127,15 @@ fn snippet(text: &str) -> String {
     if t.is_empty() { "(empty)".into() } else { t }
 }
 
-/// Encodes one path segment (node ids and names are restricted, but say so to the server,
-/// not by building a wrong URL).
+/// Everything but RFC 3986's unreserved characters is escaped.
+const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Encodes one path segment or query value (node ids and names are restricted, but the
+/// server should say so, not a wrong URL).
 pub fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, ESCAPED).to_string()
 }
