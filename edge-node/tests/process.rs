@@ -24,13 +24,16 @@ fn spawn_node(cp_mqtt: std::net::SocketAddr, id: &str, dir: &std::path::Path) ->
         .expect("wedge-node starts")
 }
 
-/// The API token the tests' control planes accept (made in their data dir before start).
-static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// A control plane under test: its API address and a token it accepts.
+struct Api {
+    addr: std::net::SocketAddr,
+    token: String,
+}
 
-async fn node_json(api: std::net::SocketAddr, id: &str) -> Option<serde_json::Value> {
+async fn node_json(api: &Api, id: &str) -> Option<serde_json::Value> {
     let resp = reqwest::Client::new()
-        .get(format!("http://{api}/api/v1/nodes/{id}"))
-        .bearer_auth(TOKEN.get()?)
+        .get(format!("http://{}/api/v1/nodes/{id}", api.addr))
+        .bearer_auth(&api.token)
         .send()
         .await
         .ok()?;
@@ -40,7 +43,7 @@ async fn node_json(api: std::net::SocketAddr, id: &str) -> Option<serde_json::Va
     resp.json().await.ok()
 }
 
-async fn wait_status(api: std::net::SocketAddr, id: &str, status: &str) -> serde_json::Value {
+async fn wait_status(api: &Api, id: &str, status: &str) -> serde_json::Value {
     let start = Instant::now();
     let mut last = None;
     loop {
@@ -59,18 +62,22 @@ async fn wait_status(api: std::net::SocketAddr, id: &str, status: &str) -> serde
     }
 }
 
-async fn control_plane(dir: &std::path::Path) -> wedge_control_plane::Running {
+async fn control_plane(dir: &std::path::Path) -> (wedge_control_plane::Running, Api) {
     let role = wedge_control_plane::auth::Role::Viewer;
     let (_, token) = wedge_control_plane::auth::create(dir, "test", role).unwrap();
-    TOKEN.set(token).unwrap();
-    wedge_control_plane::App::start(wedge_control_plane::Config {
+    let running = wedge_control_plane::App::start(wedge_control_plane::Config {
         data_dir: dir.to_path_buf(),
         api_listen: "127.0.0.1:0".parse().unwrap(),
         mqtt_listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
     })
     .await
-    .unwrap()
+    .unwrap();
+    let api = Api {
+        addr: running.api_addr(),
+        token,
+    };
+    (running, api)
 }
 
 #[test]
@@ -93,17 +100,17 @@ fn invalid_config_exits_64() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_fires_the_last_will_and_sigterm_says_goodbye() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane(&dir.path().join("cp")).await;
+    let (cp, api) = control_plane(&dir.path().join("cp")).await;
 
     let mut node = spawn_node(cp.mqtt_addr(), "crashy", &dir.path().join("n1"));
-    wait_status(cp.api_addr(), "crashy", "online").await;
+    wait_status(&api, "crashy", "online").await;
     node.kill().unwrap(); // SIGKILL: no goodbye, the broker publishes the will
     node.wait().unwrap();
-    let n = wait_status(cp.api_addr(), "crashy", "offline").await;
+    let n = wait_status(&api, "crashy", "offline").await;
     assert_eq!(n["reason"], "connection lost (last will)");
 
     let mut node = spawn_node(cp.mqtt_addr(), "polite", &dir.path().join("n2"));
-    wait_status(cp.api_addr(), "polite", "online").await;
+    wait_status(&api, "polite", "online").await;
     let killed = Command::new("kill")
         .args(["-TERM", &node.id().to_string()])
         .status()
@@ -118,7 +125,7 @@ async fn crash_fires_the_last_will_and_sigterm_says_goodbye() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status}");
-    let n = wait_status(cp.api_addr(), "polite", "offline").await;
+    let n = wait_status(&api, "polite", "offline").await;
     assert_eq!(n["reason"], "shut down");
     cp.stop().await;
 }

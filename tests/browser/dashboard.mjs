@@ -6,40 +6,14 @@
 //
 // Chromium: $CHROMIUM, else /usr/bin/chromium (Debian's package). Exits non-zero with the
 // reason on the first check that fails, after saving a screenshot of the page as it was.
-import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { open, TIMEOUT } from "./common.mjs";
 
 const [base, shots = "."] = process.argv.slice(2);
 if (!base) {
   console.error("usage: node dashboard.mjs <base-url> <screenshot-dir>");
   process.exit(2);
 }
-mkdirSync(shots, { recursive: true });
-const TIMEOUT = 30_000;
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  // CI runs as root in a container, where Chromium's sandbox cannot start.
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-});
-const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-const problems = [];
-page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-page.on("console", (m) => { if (m.type() === "error") problems.push(`console error: ${m.text()}`); });
-
-async function step(name, fn) {
-  try {
-    await fn();
-    console.log(`ok   ${name}`);
-  } catch (e) {
-    console.error(`FAIL ${name}: ${e.message.split("\n")[0]}`);
-    await page.screenshot({ path: join(shots, "dashboard-failure.png"), fullPage: true }).catch(() => {});
-    await browser.close();
-    process.exit(1);
-  }
-}
+const { page, step, screenshot, finish } = await open(shots, { width: 1280, height: 900 });
 
 function expectText(locator, pattern) {
   return locator.filter({ hasText: pattern }).first().waitFor({ timeout: TIMEOUT });
@@ -104,22 +78,17 @@ await step("its backlog and events are shown", async () => {
   await expectText(page.getByTestId("events").locator("tr"), /module_started/);
 });
 
-await page.screenshot({ path: join(shots, "dashboard-node.png"), fullPage: true });
+await screenshot("dashboard-node.png");
 
 await step("a deployment page shows its rollout", async () => {
   await page.goto(`${base}/#/deployments/temperature-alert`, { timeout: TIMEOUT });
   await expectText(page.getByTestId("phase"), /canary|batches|complete/);
 });
 
-await page.screenshot({ path: join(shots, "dashboard-rollout.png"), fullPage: true });
+await screenshot("dashboard-rollout.png");
 await page.goto(`${base}/`, { timeout: TIMEOUT });
 await expectText(page.getByTestId("live"), /live · updated/);
-await page.screenshot({ path: join(shots, "dashboard.png"), fullPage: true });
+await screenshot("dashboard.png");
 
-if (problems.length) {
-  console.error(`FAIL the page reported errors:\n  ${problems.join("\n  ")}`);
-  await browser.close();
-  process.exit(1);
-}
-await browser.close();
+await finish();
 console.log(`screenshots in ${shots}`);

@@ -30,6 +30,20 @@ pub struct Options {
     pub bake: Duration,
 }
 
+impl Options {
+    /// Everything on ephemeral loopback ports (tests).
+    pub fn ephemeral(interval: Duration, bake: Duration) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            api_listen: any,
+            control_mqtt_listen: any,
+            node_mqtt_listen: any,
+            interval,
+            bake,
+        }
+    }
+}
+
 /// What the demo reports while it runs.
 #[derive(Debug, Clone)]
 pub enum Event {

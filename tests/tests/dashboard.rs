@@ -17,29 +17,45 @@ use wedge_tests::{Api, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_a_live_fleet_in_a_browser() -> anyhow::Result<()> {
+/// Runs `tests/browser/<script>` with `args` and the screenshot directory; fails with the
+/// script's output unless it passes.
+async fn browser_check(script: &str, args: Vec<String>) -> anyhow::Result<()> {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let script = here.join("browser/dashboard.mjs");
     if !here.join("browser/node_modules/playwright-core").is_dir() {
         bail!(
             "playwright-core is not installed: run `npm ci --prefix tests/browser` \
              (and `apt-get install chromium`), as .ci/run does"
         );
     }
+    let script = here.join("browser").join(script);
     let shots = here.join("../target/ci-artifacts");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(&script)
+            .args(&args)
+            .arg(&shots)
+            .output()
+    })
+    .await?
+    .context("cannot run node (Node.js 20 or newer is needed)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    if !out.status.success() {
+        bail!(
+            "the browser check failed ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+    }
+    Ok(())
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_live_fleet_in_a_browser() -> anyhow::Result<()> {
     let (events, mut seen) = tokio::sync::mpsc::channel(64);
     let stop = tokio_util::sync::CancellationToken::new();
-    let any = "127.0.0.1:0".parse()?;
     let demo = tokio::spawn(wedge_tests::demo::run(
-        wedge_tests::demo::Options {
-            api_listen: any,
-            control_mqtt_listen: any,
-            node_mqtt_listen: any,
-            interval: Duration::from_millis(100),
-            bake: Duration::from_secs(2),
-        },
+        wedge_tests::demo::Options::ephemeral(Duration::from_millis(100), Duration::from_secs(2)),
         events,
         stop.clone(),
     ));
@@ -60,62 +76,22 @@ async fn the_dashboard_shows_a_live_fleet_in_a_browser() -> anyhow::Result<()> {
     })
     .await?;
 
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(&script)
-            .arg(&base)
-            .arg(&shots)
-            .output()
-    })
-    .await?
-    .context("cannot run node (Node.js 20 or newer is needed)")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
+    let checked = browser_check("dashboard.mjs", vec![base]).await;
     stop.cancel();
     demo.await??;
-    assert!(
-        out.status.success(),
-        "the browser check failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    Ok(())
+    checked
 }
 
 /// With API tokens on (the default), the page asks for a token, refuses a wrong one, and
 /// shows the fleet with the right one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_asks_for_a_token_when_auth_is_on() -> anyhow::Result<()> {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if !here.join("browser/node_modules/playwright-core").is_dir() {
-        bail!("playwright-core is not installed: run `npm ci --prefix tests/browser`");
-    }
-    let script = here.join("browser/dashboard-auth.mjs");
-    let shots = here.join("../target/ci-artifacts");
     let cp = wedge_tests::ControlPlane::start().await?;
     let mut node = wedge_tests::Node::start(&cp, "guarded-1", &[("site", "x")]).await?;
     cp.api.wait_status("guarded-1", "online", DEADLINE).await?;
     let token = cp.token.clone().context("auth is on by default")?;
-    let base = cp.api.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(&script)
-            .arg(&base)
-            .arg(&token)
-            .arg(&shots)
-            .output()
-    })
-    .await?
-    .context("cannot run node (Node.js 20 or newer is needed)")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
+    let checked = browser_check("dashboard-auth.mjs", vec![cp.api.base.clone(), token]).await;
     node.stop().await;
     cp.stop().await;
-    assert!(
-        out.status.success(),
-        "the browser check failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    Ok(())
+    checked
 }

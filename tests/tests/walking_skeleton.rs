@@ -226,15 +226,8 @@ async fn the_demo_shows_alerts_and_rolls_out_with_a_canary() -> anyhow::Result<(
     use wedge_tests::demo::Event;
     let (events, mut seen) = tokio::sync::mpsc::channel(64);
     let stop = tokio_util::sync::CancellationToken::new();
-    let any = "127.0.0.1:0".parse()?;
     let demo = tokio::spawn(wedge_tests::demo::run(
-        wedge_tests::demo::Options {
-            api_listen: any,
-            control_mqtt_listen: any,
-            node_mqtt_listen: any,
-            interval: Duration::from_millis(20),
-            bake: Duration::from_secs(1),
-        },
+        wedge_tests::demo::Options::ephemeral(Duration::from_millis(20), Duration::from_secs(1)),
         events,
         stop.clone(),
     ));
