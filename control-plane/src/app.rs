@@ -17,6 +17,7 @@ use wedge_shared::process::{Lifecycle, Service};
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::fleet::Fleet;
+use crate::identity::Identity;
 use crate::mqtt::{self, Counters};
 use crate::reconcile::Reconciler;
 use crate::rollout::{Plans, Rollouts};
@@ -34,6 +35,7 @@ pub struct Running {
     mqtt_addr: SocketAddr,
     lifecycle: Lifecycle,
     store: Store,
+    identity: Option<Arc<Identity>>,
 }
 
 impl App {
@@ -46,7 +48,37 @@ impl App {
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
         let fleet = Arc::new(Fleet::load(store.clone()).context("cannot load the node registry")?);
 
+        let identity = if config.tls.enabled {
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            if let Ok(host) = std::env::var("HOSTNAME") {
+                names.push(host);
+            }
+            if !config.mqtt_listen.ip().is_unspecified() {
+                names.push(config.mqtt_listen.ip().to_string());
+            }
+            names.extend(config.tls.names.iter().cloned());
+            names.sort();
+            names.dedup();
+            let identity = Identity::load(crate::identity::Settings {
+                data_dir: config.data_dir.clone(),
+                broker_names: names,
+                node_cert_lifetime: Duration::from_secs(config.tls.node_cert_lifetime_secs),
+            })
+            .context("cannot set up node identity (TLS)")?;
+            tracing::info!(
+                ca_sha256 = identity.ca_sha256(),
+                "broker speaks TLS; nodes pin this CA hash (uplink.ca_sha256)"
+            );
+            Some(identity)
+        } else {
+            tracing::warn!(
+                "BROKER TLS IS OFF: any client that reaches the MQTT port can act as any node"
+            );
+            None
+        };
+
         let mut broker_cfg = wedge_broker::Config::new(config.mqtt_listen);
+        broker_cfg.gate = identity.as_ref().map(|i| i.gate());
         broker_cfg.max_payload_size = config.mqtt_max_payload;
         broker_cfg.max_connections = 20_000;
         broker_cfg.segment_size = 4 * config.mqtt_max_payload;
@@ -60,10 +92,15 @@ impl App {
             mqtt_addr.ip().to_string()
         };
 
+        let tls = match &identity {
+            Some(identity) => Some(identity.service_client_config()?),
+            None => None,
+        };
         let (publisher, session) = mqtt::connect(
             (&connect_ip, mqtt_addr.port()),
             &format!("wedge-control-{}", std::process::id()),
             config.mqtt_max_payload,
+            tls,
         );
         let plans = Arc::new(Plans::default());
         let reconciler = Arc::new(Reconciler::new(
@@ -93,6 +130,7 @@ impl App {
             rollouts: rollouts.clone(),
             publisher,
             counters: counters.clone(),
+            identity: identity.clone(),
         };
         tracker.spawn(session.run(ctx, shutdown.clone()));
         tracker.spawn(rollouts.clone().run(shutdown.clone()));
@@ -137,6 +175,7 @@ impl App {
                 rollouts,
                 counters,
                 max_module_size: config.max_module_size,
+                identity: identity.clone(),
             },
             guard,
         );
@@ -154,6 +193,7 @@ impl App {
             mqtt_addr,
             lifecycle,
             store,
+            identity,
         })
     }
 }
@@ -199,6 +239,11 @@ impl Running {
     /// The embedded broker's address (what nodes connect to).
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    /// Node identity (CA, enrollment tokens, revocations), when the broker speaks TLS.
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.identity.as_ref()
     }
 
     /// A token that stops the control plane when cancelled.

@@ -30,6 +30,31 @@ pub struct Config {
     pub telemetry_max_bytes: u64,
     /// Who may use the API.
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS and node certificates on the broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Off only on a network where every client is trusted: then any client may connect
+    /// and use any topic.
+    pub enabled: bool,
+    /// Names and addresses nodes reach the broker by, for its certificate (`localhost`,
+    /// `127.0.0.1` and this host's name are always included).
+    pub names: Vec<String>,
+    /// Lifetime of a node certificate; nodes renew at two thirds of it.
+    pub node_cert_lifetime_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            names: Vec::new(),
+            node_cert_lifetime_secs: 30 * 86_400,
+        }
+    }
 }
 
 /// API tokens (see [`crate::auth`]).
@@ -59,13 +84,14 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("wedge-control-data"),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
             heartbeat_timeout_secs: 15,
             max_module_size: 16 * 1024 * 1024,
             mqtt_max_payload: 1024 * 1024,
             telemetry_retention_secs: 7 * 24 * 3600,
             telemetry_max_bytes: 1024 * 1024 * 1024,
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -89,6 +115,9 @@ impl Config {
         }
         if self.auth.rate_per_sec == 0 || self.auth.rate_burst == 0 {
             bail!("auth.rate_per_sec and auth.rate_burst must be at least 1");
+        }
+        if self.tls.node_cert_lifetime_secs < 3 {
+            bail!("tls.node_cert_lifetime_secs must be at least 3");
         }
         if self.max_module_size == 0 {
             bail!("max_module_size must be positive");
@@ -121,7 +150,7 @@ mod tests {
     fn file_overrides_defaults_and_rejects_unknown_keys() {
         let cfg: Config = toml::from_str("api_listen = \"127.0.0.1:9000\"").unwrap();
         assert_eq!(cfg.api_listen.port(), 9000);
-        assert_eq!(cfg.mqtt_listen.port(), 1883);
+        assert_eq!(cfg.mqtt_listen.port(), 8883);
         assert!(toml::from_str::<Config>("nope = 1").is_err());
     }
 

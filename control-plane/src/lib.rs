@@ -30,11 +30,12 @@ pub mod config;
 pub mod dashboard;
 pub mod desired;
 pub mod fleet;
+pub mod identity;
 pub mod mqtt;
 pub mod reconcile;
 pub mod rollout;
 pub mod store;
-mod time;
+pub mod time;
 
 pub use app::{App, Running};
 pub use config::Config;

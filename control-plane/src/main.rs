@@ -20,7 +20,7 @@ struct Cli {
     /// HTTP API address [default: 127.0.0.1:8080].
     #[arg(long, env = "WEDGE_API_LISTEN")]
     api_listen: Option<SocketAddr>,
-    /// Embedded MQTT broker address [default: 0.0.0.0:1883].
+    /// Embedded MQTT broker address [default: 0.0.0.0:8883].
     #[arg(long, env = "WEDGE_MQTT_LISTEN")]
     mqtt_listen: Option<SocketAddr>,
     /// Log format: `text` or `json`.

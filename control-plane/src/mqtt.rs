@@ -16,8 +16,8 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wedge_shared::messages::{
-    BLOB_CHUNK_SIZE, BlobChunk, BlobReply, BlobRequest, DesiredState, NodeEvent, StatusMessage,
-    TelemetryAck, TelemetryBatch,
+    BLOB_CHUNK_SIZE, BlobChunk, BlobReply, BlobRequest, CertRequest, DesiredState, NodeEvent,
+    StatusMessage, TelemetryAck, TelemetryBatch,
 };
 use wedge_shared::topics::{self, NodeTopic};
 use wedge_shared::{DecodeError, decode, encode};
@@ -91,8 +91,18 @@ impl Publisher {
 }
 
 /// Creates the client; [`Session::run`] drives it.
-pub fn connect(broker: (&str, u16), client_id: &str, max_payload: usize) -> (Publisher, Session) {
+pub fn connect(
+    broker: (&str, u16),
+    client_id: &str,
+    max_payload: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> (Publisher, Session) {
     let mut opts = MqttOptions::new(client_id, broker.0, broker.1);
+    if let Some(tls) = tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(true);
     // rumqttc's default limit is 10 KiB and an oversize packet kills its event loop.
@@ -115,6 +125,8 @@ struct Inbound {
     kind: NodeTopic,
     payload: Vec<u8>,
     retained: bool,
+    /// A certificate request on the enrollment topic rather than the node's own.
+    enroll: bool,
 }
 
 /// The running MQTT session.
@@ -138,6 +150,7 @@ pub struct Context {
     pub rollouts: Arc<Rollouts>,
     pub publisher: Publisher,
     pub counters: Arc<Counters>,
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl Session {
@@ -164,6 +177,7 @@ impl Session {
                             NodeTopic::BlobRequest,
                             NodeTopic::Events,
                             NodeTopic::Telemetry,
+                            NodeTopic::CertRequest,
                         ] {
                             if let Err(e) =
                                 client.subscribe(filter.all_nodes(), QoS::AtLeastOnce).await
@@ -171,18 +185,27 @@ impl Session {
                                 tracing::warn!(error = %e, "subscribe failed");
                             }
                         }
+                        let enroll = format!("{}/+/req", topics::ENROLL_PREFIX);
+                        if let Err(e) = client.subscribe(enroll, QoS::AtLeastOnce).await {
+                            tracing::warn!(error = %e, "subscribe failed");
+                        }
                     });
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let topic = p.topic.clone();
-                    let Some((node, kind)) = topics::parse(&topic) else {
-                        continue;
+                    let (node, kind, enroll) = match topics::parse(&topic) {
+                        Some((node, kind)) => (node, kind, false),
+                        None => match topics::parse_enroll_request(&topic) {
+                            Some(node) => (node, NodeTopic::CertRequest, true),
+                            None => continue,
+                        },
                     };
                     let inbound = Inbound {
                         node: node.to_string(),
                         kind,
                         payload: p.payload.to_vec(),
                         retained: p.retain,
+                        enroll,
                     };
                     if tx.try_send(inbound).is_err() {
                         ctx.counters.dropped_inbound.fetch_add(1, Ordering::Relaxed);
@@ -249,8 +272,12 @@ async fn handle_inbound(mut rx: mpsc::Receiver<Inbound>, ctx: Context) {
                 }
                 Ok(())
             }
+            NodeTopic::CertRequest => on_cert_request(&ctx, &msg).await,
             // Our own outbound topics.
-            NodeTopic::Desired | NodeTopic::BlobData | NodeTopic::TelemetryAck => Ok(()),
+            NodeTopic::Desired
+            | NodeTopic::BlobData
+            | NodeTopic::TelemetryAck
+            | NodeTopic::CertReply => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(node = msg.node, error = %e, "inbound message not handled");
@@ -266,6 +293,28 @@ fn decode_counted<T: serde::de::DeserializeOwned>(
         ctx.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(node = msg.node, kind = ?msg.kind, error = %e, "undecodable message");
     })
+}
+
+/// Enrollment or renewal: the gate already made sure the request comes from that node's
+/// connection (or an enrollment connection for that node id).
+async fn on_cert_request(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
+    let Some(identity) = &ctx.identity else {
+        return Ok(());
+    };
+    let Ok(request) = decode_counted::<CertRequest>(ctx, msg) else {
+        return Ok(());
+    };
+    let reply = identity.answer(&msg.node, msg.enroll, &request, now_ms());
+    let topic = if msg.enroll {
+        topics::enroll_reply(&msg.node)
+    } else {
+        NodeTopic::CertReply.for_node(&msg.node)
+    };
+    ctx.publisher
+        .client
+        .publish(topic, QoS::AtLeastOnce, false, encode(&reply))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot send the certificate reply: {e}"))
 }
 
 async fn on_status(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {

@@ -126,6 +126,7 @@ async fn every_route_is_described_and_every_description_is_routed() {
         let req = match method.as_str() {
             "GET" => client.get(&url),
             "POST" => client.post(&url).json(&json!({})),
+            "DELETE" => client.delete(&url),
             other => panic!("unexpected method {other}"),
         };
         let resp = req.send().await.unwrap();

@@ -68,11 +68,30 @@ impl App {
         let runtime = Runtime::new(Some(&config.data_dir.join("module-cache")))
             .context("cannot start the WebAssembly runtime")?;
         let routes = RouteTable::default();
+        let tls = if config.uplink_tls() {
+            Some(
+                uplink::identity::load_or_enroll(
+                    &config.node_id,
+                    &config.data_dir,
+                    &cp_host,
+                    cp_port,
+                    config.enroll_token.as_deref(),
+                    config.ca_sha256.as_deref(),
+                    &CancellationToken::new(),
+                )
+                .await?,
+            )
+        } else {
+            tracing::warn!("the uplink is plain MQTT (mqtt://): no TLS, no node certificate");
+            None
+        };
         let (client, session) = uplink::connect(uplink::Settings {
             node_id: config.node_id.clone(),
             host: cp_host,
             port: cp_port,
             keep_alive: Duration::from_secs(config.keep_alive_secs),
+            tls,
+            data_dir: config.data_dir.clone(),
         });
         let mut agent = Agent::new(
             Identity {

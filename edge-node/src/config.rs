@@ -18,8 +18,13 @@ pub struct Config {
     pub node_id: String,
     /// Where the local store lives.
     pub data_dir: PathBuf,
-    /// The control plane's MQTT broker, `mqtt://host:port`.
+    /// The control plane's MQTT broker: `mqtts://host:port` (TLS with a node certificate;
+    /// port 8883 by default) or `mqtt://host:port` (plain, only when its TLS is off).
     pub control_plane: String,
+    /// A bootstrap token to enroll with when the node has no certificate yet.
+    pub enroll_token: Option<String>,
+    /// SHA-256 (hex) of the control plane's CA certificate: the node trusts that CA only.
+    pub ca_sha256: Option<String>,
     /// Address of the embedded broker local devices publish to.
     pub local_mqtt_listen: SocketAddr,
     /// Labels deployments select nodes by.
@@ -80,7 +85,9 @@ impl Default for Config {
         Self {
             node_id: String::new(),
             data_dir: PathBuf::from("wedge-node-data"),
-            control_plane: "mqtt://127.0.0.1:1883".into(),
+            control_plane: "mqtts://127.0.0.1:8883".into(),
+            enroll_token: None,
+            ca_sha256: None,
             local_mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             labels: BTreeMap::new(),
             heartbeat_interval_secs: 5,
@@ -124,10 +131,20 @@ impl Config {
         parse_mqtt_url(&self.control_plane)
     }
 
+    /// Whether the uplink uses TLS (`mqtts://`).
+    pub fn uplink_tls(&self) -> bool {
+        self.control_plane.starts_with("mqtts://")
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         validate_id(&self.node_id).map_err(|e| anyhow::anyhow!("node_id {e}"))?;
         self.control_plane_addr()?;
+        if let Some(pin) = &self.ca_sha256
+            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            bail!("ca_sha256 must be 64 hex digits (the SHA-256 of the control plane's CA)");
+        }
         self.trusted_keys()?;
         for (k, v) in &self.labels {
             if k.is_empty() || k.contains([',', '=']) || v.contains([',', '=']) {
@@ -153,12 +170,17 @@ impl Config {
 
 /// Parses `mqtt://host:port` (or `tcp://`, or a bare `host:port`); the port defaults to 1883.
 pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url);
+    let (rest, default_port) = match url.strip_prefix("mqtts://") {
+        Some(rest) => (rest, 8883),
+        None => (
+            url.strip_prefix("mqtt://")
+                .or_else(|| url.strip_prefix("tcp://"))
+                .unwrap_or(url),
+            1883,
+        ),
+    };
     if rest.contains("://") {
-        bail!("control plane URL {url:?}: only mqtt:// is supported");
+        bail!("control plane URL {url:?}: only mqtts:// and mqtt:// are supported");
     }
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
@@ -167,7 +189,7 @@ pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
             p.parse::<u16>()
                 .with_context(|| format!("control plane URL {url:?}: bad port"))?,
         ),
-        _ => (rest, 1883),
+        _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {

@@ -21,9 +21,15 @@ struct Cli {
     /// Directory of the local store.
     #[arg(long, env = "WEDGE_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The control plane's MQTT broker [default: mqtt://127.0.0.1:1883].
+    /// The control plane's MQTT broker [default: mqtts://127.0.0.1:8883].
     #[arg(long, env = "WEDGE_CONTROL_PLANE")]
     control_plane: Option<String>,
+    /// Bootstrap token to enroll with (only needed until the node has its certificate).
+    #[arg(long, env = "WEDGE_ENROLL_TOKEN")]
+    enroll_token: Option<String>,
+    /// SHA-256 of the control plane's CA certificate (shown when a token is created).
+    #[arg(long, env = "WEDGE_CA_SHA256")]
+    ca_sha256: Option<String>,
     /// Address of the local broker devices publish to [default: 0.0.0.0:1883].
     #[arg(long, env = "WEDGE_LOCAL_MQTT_LISTEN")]
     local_mqtt_listen: Option<SocketAddr>,
@@ -48,6 +54,12 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = &cli.control_plane {
         config.control_plane = v.clone();
+    }
+    if let Some(v) = &cli.enroll_token {
+        config.enroll_token = Some(v.clone());
+    }
+    if let Some(v) = &cli.ca_sha256 {
+        config.ca_sha256 = Some(v.clone());
     }
     if let Some(v) = cli.local_mqtt_listen {
         config.local_mqtt_listen = v;

@@ -10,10 +10,21 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_wedge-node");
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn spawn_node(cp_mqtt: std::net::SocketAddr, id: &str, dir: &std::path::Path) -> Child {
+fn spawn_node(cp: &wedge_control_plane::Running, id: &str, dir: &std::path::Path) -> Child {
+    let identity = cp.identity().expect("broker TLS is on");
+    let (_, token) = identity
+        .tokens()
+        .create("test", 1, 3_600_000, wedge_control_plane::time::now_ms())
+        .unwrap();
     Command::new(BIN)
         .args(["--node-id", id, "--control-plane"])
-        .arg(format!("mqtt://{cp_mqtt}"))
+        .arg(format!("mqtts://{}", cp.mqtt_addr()))
+        .args([
+            "--enroll-token",
+            &token,
+            "--ca-sha256",
+            &identity.ca_sha256(),
+        ])
         .arg("--data-dir")
         .arg(dir)
         .args(["--local-mqtt-listen", "127.0.0.1:0"])
@@ -102,14 +113,14 @@ async fn crash_fires_the_last_will_and_sigterm_says_goodbye() {
     let dir = tempfile::tempdir().unwrap();
     let (cp, api) = control_plane(&dir.path().join("cp")).await;
 
-    let mut node = spawn_node(cp.mqtt_addr(), "crashy", &dir.path().join("n1"));
+    let mut node = spawn_node(&cp, "crashy", &dir.path().join("n1"));
     wait_status(&api, "crashy", "online").await;
     node.kill().unwrap(); // SIGKILL: no goodbye, the broker publishes the will
     node.wait().unwrap();
     let n = wait_status(&api, "crashy", "offline").await;
     assert_eq!(n["reason"], "connection lost (last will)");
 
-    let mut node = spawn_node(cp.mqtt_addr(), "polite", &dir.path().join("n2"));
+    let mut node = spawn_node(&cp, "polite", &dir.path().join("n2"));
     wait_status(&api, "polite", "online").await;
     let killed = Command::new("kill")
         .args(["-TERM", &node.id().to_string()])

@@ -551,3 +551,28 @@ mod tests {
         assert!(encode(&chunk).len() < 1100);
     }
 }
+
+/// A certificate signing request: a node enrolling (`wedge/v1/enroll/{node}/req`) or renewing
+/// (`…/nodes/{node}/cert/req`). The control plane decides the certificate's name and lifetime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertRequest {
+    /// PEM.
+    pub csr: String,
+    /// The bootstrap token, when enrolling.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// The answer to a [`CertRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CertReply {
+    Issued {
+        /// The node's certificate, PEM.
+        certificate: String,
+        /// The control plane's CA certificate, PEM: what the node verifies the broker with.
+        ca: String,
+    },
+    Refused {
+        reason: String,
+    },
+}

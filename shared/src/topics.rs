@@ -17,9 +17,34 @@ pub enum NodeTopic {
     Events,
     Telemetry,
     TelemetryAck,
+    /// A node asks for a renewed certificate.
+    CertRequest,
+    /// The control plane's answer.
+    CertReply,
 }
 
 impl NodeTopic {
+    /// Every kind.
+    pub const ALL: [NodeTopic; 9] = [
+        NodeTopic::Status,
+        NodeTopic::Desired,
+        NodeTopic::BlobRequest,
+        NodeTopic::BlobData,
+        NodeTopic::Events,
+        NodeTopic::Telemetry,
+        NodeTopic::TelemetryAck,
+        NodeTopic::CertRequest,
+        NodeTopic::CertReply,
+    ];
+
+    /// Whether a node publishes this kind (the others only the control plane publishes).
+    pub fn from_node(self) -> bool {
+        matches!(
+            self,
+            Self::Status | Self::BlobRequest | Self::Events | Self::Telemetry | Self::CertRequest
+        )
+    }
+
     fn suffix(self) -> &'static str {
         match self {
             Self::Status => "status",
@@ -29,6 +54,8 @@ impl NodeTopic {
             Self::Events => "events",
             Self::Telemetry => "telemetry",
             Self::TelemetryAck => "telemetry/ack",
+            Self::CertRequest => "cert/req",
+            Self::CertReply => "cert/reply",
         }
     }
 
@@ -50,18 +77,31 @@ pub fn parse(topic: &str) -> Option<(&str, NodeTopic)> {
     if validate_id(node).is_err() {
         return None;
     }
-    let kind = [
-        NodeTopic::Status,
-        NodeTopic::Desired,
-        NodeTopic::BlobRequest,
-        NodeTopic::BlobData,
-        NodeTopic::Events,
-        NodeTopic::Telemetry,
-        NodeTopic::TelemetryAck,
-    ]
-    .into_iter()
-    .find(|k| k.suffix() == suffix)?;
+    let kind = NodeTopic::ALL.into_iter().find(|k| k.suffix() == suffix)?;
     Some((node, kind))
+}
+
+/// Root of the enrollment topics: a node that has no certificate yet asks for one on
+/// `wedge/v1/enroll/{node}/req` and gets it on `wedge/v1/enroll/{node}/reply`.
+pub const ENROLL_PREFIX: &str = "wedge/v1/enroll";
+
+/// The enrollment request topic of `node`.
+pub fn enroll_request(node: &str) -> String {
+    format!("{ENROLL_PREFIX}/{node}/req")
+}
+
+/// The enrollment reply topic of `node`.
+pub fn enroll_reply(node: &str) -> String {
+    format!("{ENROLL_PREFIX}/{node}/reply")
+}
+
+/// The node of an enrollment request topic.
+pub fn parse_enroll_request(topic: &str) -> Option<&str> {
+    let node = topic
+        .strip_prefix(ENROLL_PREFIX)?
+        .strip_prefix('/')?
+        .strip_suffix("/req")?;
+    validate_id(node).ok().map(|()| node)
 }
 
 /// Why a node id or instance name is refused.

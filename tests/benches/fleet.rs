@@ -52,7 +52,11 @@ async fn run(n: usize) -> anyhow::Result<()> {
 
     // 1. Registration.
     let start = Instant::now();
-    let fleet = SimFleet::start(mqtt_addr, "sim", n, SimOptions::default());
+    let options = SimOptions {
+        ca_dir: Some(dir.path().to_path_buf()),
+        ..SimOptions::default()
+    };
+    let fleet = SimFleet::start(mqtt_addr, "sim", n, options);
     wait_for("every node online", DEADLINE, || async {
         let f = fleet_counts(&api).await?;
         (f["nodes"]["online"].as_u64()? as usize >= n).then_some(())

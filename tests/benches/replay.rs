@@ -16,9 +16,12 @@ const LIVE_PER_SEC: u64 = 1_000;
 async fn main() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let proxy = Proxy::start(cp.mqtt_addr).await?;
+    let enrollment = cp.enrollment.clone();
     let node = Node::start_with_config(wedge_edge_node::Config {
         node_id: "replay".into(),
-        control_plane: format!("mqtt://{}", proxy.addr()),
+        control_plane: format!("mqtts://{}", proxy.addr()),
+        enroll_token: enrollment.as_ref().map(|e| e.token.clone()),
+        ca_sha256: enrollment.map(|e| e.ca_sha256),
         local_mqtt_listen: "127.0.0.1:0".parse()?,
         heartbeat_interval_secs: 1,
         buffer_bytes: 512 * 1024 * 1024,

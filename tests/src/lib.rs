@@ -54,6 +54,32 @@ pub struct ControlPlane {
     /// The operator token the harness uses (None with auth off).
     pub token: Option<String>,
     pub mqtt_addr: SocketAddr,
+    /// A bootstrap token nodes enroll with and the CA hash they pin (None with TLS off).
+    pub enrollment: Option<Enrollment>,
+    data_dir: std::path::PathBuf,
+}
+
+/// What a node needs to enroll.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    pub token: String,
+    pub ca_sha256: String,
+}
+
+/// Creates a bootstrap token on a running control plane (for up to 10,000 nodes).
+pub fn enrollment(running: &wedge_control_plane::Running) -> anyhow::Result<Option<Enrollment>> {
+    let Some(identity) = running.identity() else {
+        return Ok(None);
+    };
+    let now = wedge_control_plane::time::now_ms();
+    let (_, token) = identity
+        .tokens()
+        .create("tests", 10_000, 86_400_000, now)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Some(Enrollment {
+        token,
+        ca_sha256: identity.ca_sha256(),
+    }))
 }
 
 impl ControlPlane {
@@ -80,11 +106,14 @@ impl ControlPlane {
         } else {
             None
         };
+        let data_dir = config.data_dir.clone();
         let running = wedge_control_plane::App::start(config).await?;
         Ok(Self {
             api: Api::with_token(running.api_addr(), token.clone()),
             token,
             mqtt_addr: running.mqtt_addr(),
+            enrollment: enrollment(&running)?,
+            data_dir,
             running: Some(running),
             _dir: dir,
         })
@@ -92,7 +121,26 @@ impl ControlPlane {
 
     /// The URL nodes use to reach this control plane.
     pub fn mqtt_url(&self) -> String {
-        format!("mqtt://{}", self.mqtt_addr)
+        let scheme = if self.enrollment.is_some() {
+            "mqtts"
+        } else {
+            "mqtt"
+        };
+        format!("{scheme}://{}", self.mqtt_addr)
+    }
+
+    /// The control plane's data directory (its CA lives there).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// Sets what a node needs to enroll with this control plane.
+    pub fn enroll(&self, config: &mut wedge_edge_node::Config) {
+        config.control_plane = self.mqtt_url();
+        if let Some(e) = &self.enrollment {
+            config.enroll_token = Some(e.token.clone());
+            config.ca_sha256 = Some(e.ca_sha256.clone());
+        }
     }
 
     pub async fn stop(mut self) {
@@ -134,6 +182,11 @@ impl Node {
         })
     }
 
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// The node's telemetry buffer.
     pub fn buffer(&self) -> anyhow::Result<&wedge_edge_node::buffer::Buffer> {
         Ok(self.running.as_ref().context("node is stopped")?.buffer())
@@ -170,6 +223,7 @@ impl Node {
             heartbeat_interval_secs: 1,
             ..Default::default()
         };
+        cp.enroll(&mut config);
         tweak(&mut config);
         let running = wedge_edge_node::App::start(config).await?;
         Ok(Self {
@@ -227,6 +281,16 @@ impl Api {
     /// GET `path`; returns (status, JSON body or `null`).
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Self::finish(resp).await
+    }
+
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await?;
         Self::finish(resp).await
     }
 
@@ -292,6 +356,21 @@ impl Api {
     }
 
     /// Posts a deployment; fails unless the control plane answers 201.
+    /// Creates a bootstrap token through the API (for a control plane in another process).
+    pub async fn enrollment(&self) -> anyhow::Result<Enrollment> {
+        let (status, body) = self
+            .post_json(
+                "/api/v1/enrollment-tokens",
+                &serde_json::json!({"name": "tests", "uses": 10_000}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "enrollment token: {status} {body}");
+        Ok(Enrollment {
+            token: body["token"].as_str().unwrap_or_default().to_string(),
+            ca_sha256: body["ca_sha256"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+
     pub async fn deploy(&self, deployment: &Value) -> anyhow::Result<Value> {
         let (status, body) = self.post_json("/api/v1/deployments", deployment).await?;
         if status != 201 {

@@ -65,13 +65,16 @@ impl Proc {
         data_dir: &Path,
         control_plane: SocketAddr,
         local: SocketAddr,
+        enrollment: &crate::Enrollment,
     ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary("wedge-node")?);
         cmd.args(["--node-id", id])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--control-plane")
-            .arg(format!("mqtt://{control_plane}"))
+            .arg(format!("mqtts://{control_plane}"))
+            .args(["--enroll-token", &enrollment.token])
+            .args(["--ca-sha256", &enrollment.ca_sha256])
             .arg("--local-mqtt-listen")
             .arg(local.to_string());
         Self::spawn(cmd)

@@ -32,6 +32,9 @@ pub struct SimOptions {
     pub labels: Arc<dyn Fn(usize) -> BTreeMap<String, String> + Send + Sync>,
     /// Client channel capacity per node (heartbeats beyond it are dropped and counted).
     pub channel: usize,
+    /// The control plane's data directory: each simulated node gets a certificate from
+    /// the CA there and connects over TLS, like a real enrolled node. `None`: plain MQTT.
+    pub ca_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SimOptions {
@@ -40,6 +43,7 @@ impl Default for SimOptions {
             heartbeat_interval: Duration::from_secs(5),
             labels: Arc::new(|_| BTreeMap::from([("sim".to_string(), "yes".to_string())])),
             channel: 16,
+            ca_dir: None,
         }
     }
 }
@@ -214,6 +218,19 @@ async fn run_node(
     let mut opts = MqttOptions::new(&id, broker.ip().to_string(), broker.port());
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(dir) = &options.ca_dir {
+        match sim_tls(dir, &id) {
+            Ok(tls) => {
+                opts.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(tls),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(node = id, error = %e, "no certificate for a simulated node");
+                return;
+            }
+        }
+    }
     opts.set_last_will(LastWill::new(
         &status_topic,
         encode(&StatusMessage::Offline(Offline {
@@ -351,4 +368,12 @@ fn apply(node: &SimNode, index: usize, desired: &DesiredState, shared: &Shared) 
     st.applied_at = Some(Instant::now());
     node.applied_generation
         .store(desired.generation, Ordering::Relaxed);
+}
+
+/// TLS settings of a simulated node: a certificate for `id` straight from the CA in the
+/// control plane's data directory (what enrollment would give it).
+fn sim_tls(ca_dir: &std::path::Path, id: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let ca = wedge_pki::Ca::load_or_create(ca_dir)?;
+    let credential = ca.issue_client(id, Duration::from_secs(86_400))?;
+    Ok(wedge_pki::client_config(ca.cert_pem(), &credential)?)
 }

@@ -58,7 +58,8 @@ async fn nothing_lost_nothing_doubled_across_partition_and_crashes() -> anyhow::
     })
     .await?;
     let proxy = Proxy::start(mqtt_addr).await?;
-    let mut node = Proc::node("line-1", &node_dir, proxy.addr(), local_addr)?;
+    let enrollment = api.enrollment().await?;
+    let mut node = Proc::node("line-1", &node_dir, proxy.addr(), local_addr, &enrollment)?;
     api.wait_status("line-1", "online", DEADLINE).await?;
     api.upload_module("forward", "1").await?;
     api.deploy(&json!({
@@ -81,7 +82,7 @@ async fn nothing_lost_nothing_doubled_across_partition_and_crashes() -> anyhow::
     // 3. The node crashes during the partition and comes back.
     node.kill9()?;
     let connacks = device.counts().connacks.load(Ordering::SeqCst);
-    node = Proc::node("line-1", &node_dir, proxy.addr(), local_addr)?;
+    node = Proc::node("line-1", &node_dir, proxy.addr(), local_addr, &enrollment)?;
     wait_for(
         "the device back on the restarted node",
         DEADLINE,

@@ -275,6 +275,7 @@ async fn offline_detection_within_the_configured_time() -> anyhow::Result<()> {
         1,
         SimOptions {
             heartbeat_interval: Duration::from_secs(3600),
+            ca_dir: Some(cp.data_dir().to_path_buf()),
             ..SimOptions::default()
         },
     );
@@ -287,6 +288,7 @@ async fn offline_detection_within_the_configured_time() -> anyhow::Result<()> {
         1,
         SimOptions {
             heartbeat_interval: Duration::from_millis(200),
+            ca_dir: Some(cp.data_dir().to_path_buf()),
             ..SimOptions::default()
         },
     );
@@ -334,17 +336,20 @@ async fn a_node_started_offline_runs_its_modules_and_keeps_them_on_reconnect() -
         .await?;
         anyhow::Ok(cp)
     };
+    let cp = start_cp().await?;
+    let enrollment = api.enrollment().await?;
     let node_config = wedge_edge_node::Config {
         node_id: "edge-auto".into(),
         data_dir: dir.path().join("node"),
-        control_plane: format!("mqtt://{mqtt_addr}"),
+        control_plane: format!("mqtts://{mqtt_addr}"),
+        enroll_token: Some(enrollment.token),
+        ca_sha256: Some(enrollment.ca_sha256),
         local_mqtt_listen: "127.0.0.1:0".parse()?,
         labels: [("fleet".to_string(), "r".to_string())].into(),
         heartbeat_interval_secs: 1,
         ..Default::default()
     };
 
-    let cp = start_cp().await?;
     let node = wedge_edge_node::App::start(node_config.clone()).await?;
     api.upload_module("threshold-alert", "1").await?;
     api.deploy(&alert("auto", "threshold-alert@1", json!({})))
@@ -396,6 +401,7 @@ async fn a_simulated_fleet_rolls_out_in_batches_and_rolls_back() -> anyhow::Resu
         SimOptions {
             labels: std::sync::Arc::new(|_| [("fleet".to_string(), "r".to_string())].into()),
             heartbeat_interval: Duration::from_secs(1),
+            ca_dir: Some(cp.data_dir().to_path_buf()),
             ..SimOptions::default()
         },
     );

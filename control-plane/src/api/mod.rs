@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod fleet;
 pub mod health;
+pub mod identity;
 pub mod modules;
 pub mod nodes;
 
@@ -33,6 +34,7 @@ pub struct AppState {
     pub rollouts: Arc<Rollouts>,
     pub counters: Arc<Counters>,
     pub max_module_size: usize,
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 /// The description of the API: title, version, tags. Paths and schemas come from the
@@ -89,7 +91,11 @@ fn routes(max_body: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(openapi_json))
         .nest("/api/v1/modules", modules::routes(max_body))
         .nest("/api/v1/deployments", deployments::routes())
-        .nest("/api/v1/nodes", nodes::routes())
+        .nest(
+            "/api/v1/nodes",
+            nodes::routes().merge(identity::node_routes()),
+        )
+        .nest("/api/v1/enrollment-tokens", identity::token_routes())
         .nest("/api/v1/fleet", fleet::routes())
 }
 

@@ -53,6 +53,10 @@ impl Client {
         Ok(self.send(self.http.get(self.url(path))).await?.body)
     }
 
+    pub async fn delete(&self, path: &str) -> Result<Answer, Error> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Answer, Error> {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
@@ -93,6 +97,12 @@ impl Client {
             reason: root_cause(&e),
         })?;
         let body: Option<Value> = serde_json::from_str(&text).ok();
+        if status == 204 {
+            return Ok(Answer {
+                status,
+                body: Value::Null,
+            });
+        }
         if (200..300).contains(&status) {
             return body
                 .map(|body| Answer { status, body })

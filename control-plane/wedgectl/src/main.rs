@@ -86,6 +86,33 @@ enum Command {
     /// Publisher keys for signing modules
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Bootstrap tokens new nodes enroll with
+    #[command(subcommand, name = "enroll-token")]
+    EnrollToken(EnrollTokenCommand),
+    /// Cut a node off: refuse its certificates and end its connection now
+    Revoke { node: String },
+    /// Let a revoked node enroll again
+    Readmit { node: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnrollTokenCommand {
+    /// Create one: prints the token (once) and the CA hash nodes pin
+    Create {
+        /// What it is for
+        #[arg(long, default_value = "")]
+        name: String,
+        /// How many nodes may enroll with it
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it is valid (e.g. 1h, 24h, 7d)
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// List them (without secrets)
+    List,
+    /// Delete one
+    Delete { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +244,17 @@ async fn main() -> ExitCode {
             tail,
         } => commands::telemetry::show(&client, out, &node, stream.as_deref(), follow, tail).await,
         Command::Events { node } => commands::telemetry::events(&client, out, &node).await,
+        Command::EnrollToken(EnrollTokenCommand::Create { name, uses, ttl }) => {
+            commands::identity::create_token(&client, out, &name, uses, ttl).await
+        }
+        Command::EnrollToken(EnrollTokenCommand::List) => {
+            commands::identity::list_tokens(&client, out).await
+        }
+        Command::EnrollToken(EnrollTokenCommand::Delete { id }) => {
+            commands::identity::delete_token(&client, &id).await
+        }
+        Command::Revoke { node } => commands::identity::revoke(&client, out, &node).await,
+        Command::Readmit { node } => commands::identity::readmit(&client, &node).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -263,6 +263,56 @@ async fn an_operator_lists_pushes_deploys_and_follows_a_rollout() -> anyhow::Res
         "{events}"
     );
 
+    // Enrollment tokens and revocation.
+    let created = ok(
+        &api,
+        &[
+            "enroll-token",
+            "create",
+            "--name",
+            "line-9",
+            "--uses",
+            "3",
+            "--ttl",
+            "2h",
+        ],
+    )
+    .await?;
+    ensure!(
+        created.contains("wde_") && created.contains("--ca-sha256"),
+        "{created}"
+    );
+    let listed = ok(&api, &["enroll-token", "list"]).await?;
+    ensure!(
+        listed.contains("line-9") && !listed.contains("wde_"),
+        "{listed}"
+    );
+    let tokens: serde_json::Value =
+        serde_json::from_str(&ok(&api, &["--output", "json", "enroll-token", "list"]).await?)?;
+    let id = tokens
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "line-9"))
+        .and_then(|t| t["id"].as_str())
+        .context("token listed")?
+        .to_string();
+    ensure!(
+        ok(&api, &["enroll-token", "delete", &id])
+            .await?
+            .contains("deleted")
+    );
+    let revoked = ok(&api, &["revoke", "paris-1"]).await?;
+    ensure!(revoked.contains("revoked"), "{revoked}");
+    ensure!(
+        ok(&api, &["readmit", "paris-1"])
+            .await?
+            .contains("enroll again")
+    );
+    let o = ctl(&api, &["readmit", "paris-1"]).await?;
+    ensure!(
+        o.status.code() == Some(1) && stderr(&o).contains("not revoked"),
+        "{o:?}"
+    );
+
     berlin.stop().await;
     paris.stop().await;
     cp.stop().await;

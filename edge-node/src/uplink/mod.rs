@@ -12,8 +12,14 @@
 //!   heartbeat) or retried (blob chunks on a stall).
 //! - Outbound: [`UplinkClient`] never blocks the agent either; when the client's queue is
 //!   full (link down), a heartbeat or request is skipped and sent again later.
+//! - TLS: the session presents the node's certificate ([`identity`]) and renews it at two
+//!   thirds of its lifetime over its own connection: a new key and CSR, the reply saved,
+//!   then a graceful reconnect with the new certificate. Nothing is lost on the way:
+//!   unacknowledged publishes are resent after the reconnect and telemetry stays in the
+//!   buffer until the control plane acknowledges it.
 
 pub mod fetch;
+pub mod identity;
 pub mod upload;
 
 use std::sync::Arc;
@@ -108,6 +114,10 @@ pub struct Settings {
     pub host: String,
     pub port: u16,
     pub keep_alive: Duration,
+    /// The node's certificate; `None` for a plain `mqtt://` uplink.
+    pub tls: Option<identity::Tls>,
+    /// Where a renewed certificate is saved.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The session; [`Session::run`] drives it.
@@ -142,6 +152,16 @@ pub fn connect(settings: Settings) -> (UplinkClient, Session) {
         QoS::AtLeastOnce,
         true,
     ));
+    if let Some(tls) = &settings.tls {
+        match tls.client_config() {
+            Ok(config) => {
+                opts.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(config),
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, "the saved certificate is unusable"),
+        }
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
     let mut net = eventloop.network_options();
     net.set_tcp_nodelay(true);
@@ -185,12 +205,26 @@ impl Session {
         let node = self.settings.node_id.clone();
         let mut backoff = Duration::from_millis(100);
         let mut connected = false;
+        let mut renewal = Renewal::new(self.settings.tls.as_ref());
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = renewal.due(), if connected => {
+                    renewal.request(&self.client, &node);
+                    continue;
+                }
                 event = self.eventloop.poll() => event,
             };
             match event {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if renewal.reconnecting => {
+                    // Our own goodbye before presenting the renewed certificate: drop the
+                    // connection now (no last will) and reconnect on the next poll.
+                    renewal.reconnecting = false;
+                    self.eventloop.clean();
+                    connected = false;
+                    let _ = uploads.try_send(upload::UploadEvent::Disconnected);
+                    continue;
+                }
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     backoff = Duration::from_millis(100);
@@ -207,6 +241,7 @@ impl Session {
                             NodeTopic::Desired,
                             NodeTopic::BlobData,
                             NodeTopic::TelemetryAck,
+                            NodeTopic::CertReply,
                         ] {
                             if let Err(e) = client
                                 .subscribe(kind.for_node(&node), QoS::AtLeastOnce)
@@ -225,6 +260,19 @@ impl Session {
                         continue;
                     };
                     if to != node {
+                        continue;
+                    }
+                    if kind == NodeTopic::CertReply {
+                        if let Some(config) =
+                            renewal.on_reply(&node, &self.settings.data_dir, &p.payload)
+                        {
+                            self.eventloop.mqtt_options.set_transport(
+                                rumqttc::Transport::tls_with_config(
+                                    rumqttc::TlsConfiguration::Rustls(config),
+                                ),
+                            );
+                            let _ = self.client.try_disconnect();
+                        }
                         continue;
                     }
                     if kind == NodeTopic::TelemetryAck {
@@ -248,7 +296,9 @@ impl Session {
                         | NodeTopic::BlobRequest
                         | NodeTopic::Events
                         | NodeTopic::Telemetry
-                        | NodeTopic::TelemetryAck => continue,
+                        | NodeTopic::TelemetryAck
+                        | NodeTopic::CertRequest
+                        | NodeTopic::CertReply => continue,
                     };
                     match inbound {
                         Ok(m) => self.forward(&agent, m),
@@ -314,6 +364,112 @@ impl Session {
         .await;
         if drained.is_err() {
             tracing::warn!("control plane did not take our goodbye in time");
+        }
+    }
+}
+
+/// Certificate renewal at two thirds of the lifetime.
+struct Renewal {
+    tls: Option<identity::Tls>,
+    /// When to ask (again).
+    at: Option<tokio::time::Instant>,
+    /// The key of the request in flight.
+    pending_key: Option<String>,
+    /// A renewed certificate is in; the next DISCONNECT is ours.
+    reconnecting: bool,
+}
+
+impl Renewal {
+    fn new(tls: Option<&identity::Tls>) -> Self {
+        let mut renewal = Self {
+            tls: tls.cloned(),
+            at: None,
+            pending_key: None,
+            reconnecting: false,
+        };
+        renewal.schedule();
+        renewal
+    }
+
+    fn schedule(&mut self) {
+        self.at = self.tls.as_ref().and_then(|tls| {
+            let identity = wedge_pki::inspect_pem(&tls.credential.cert_pem).ok()?;
+            let wait = identity
+                .renew_at()
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            Some(tokio::time::Instant::now() + wait)
+        });
+    }
+
+    async fn due(&self) {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn request(&mut self, client: &AsyncClient, node: &str) {
+        // Ask again in 30 s if no answer comes (or the request could not be queued).
+        self.at = Some(tokio::time::Instant::now() + Duration::from_secs(30));
+        let (key, csr) = match wedge_pki::new_key_and_csr(node) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make a key for renewal");
+                return;
+            }
+        };
+        let request = encode(&wedge_shared::messages::CertRequest { csr, token: None });
+        if client
+            .try_publish(
+                NodeTopic::CertRequest.for_node(node),
+                QoS::AtLeastOnce,
+                false,
+                request,
+            )
+            .is_ok()
+        {
+            tracing::info!("renewing the node certificate");
+            self.pending_key = Some(key);
+        }
+    }
+
+    /// Handles a reply; returns the TLS settings to reconnect with when a certificate came.
+    fn on_reply(
+        &mut self,
+        node: &str,
+        data_dir: &std::path::Path,
+        payload: &[u8],
+    ) -> Option<Arc<rustls::ClientConfig>> {
+        use wedge_shared::messages::CertReply;
+        let key = self.pending_key.take()?;
+        match decode::<CertReply>(payload) {
+            Ok(CertReply::Issued { certificate, ca }) => {
+                let tls = identity::accept_issued(node, key, certificate, ca, None)
+                    .and_then(|tls| identity::save(data_dir, &tls).map(|()| tls))
+                    .and_then(|tls| Ok((tls.client_config()?, tls)));
+                match tls {
+                    Ok((config, tls)) => {
+                        tracing::info!("node certificate renewed; reconnecting with it");
+                        self.tls = Some(tls);
+                        self.schedule();
+                        self.reconnecting = true;
+                        Some(config)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "renewed certificate not usable");
+                        None
+                    }
+                }
+            }
+            Ok(CertReply::Refused { reason }) => {
+                tracing::error!(reason, "certificate renewal refused");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable certificate reply");
+                None
+            }
         }
     }
 }

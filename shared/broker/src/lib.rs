@@ -20,12 +20,24 @@ mod link;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("max_payload_size", &self.max_payload_size)
+            .field("gate", &self.gate.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 pub use link::{LocalPublisher, LocalReceiver};
+pub use rumqttd::gate::{Admission, BoxFuture, Gate, Refusal, Session, Stream, Unrestricted};
 
 /// How to run the embedded broker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Address of the MQTT (v3.1.1) listener. Port 0 picks a free port.
     pub listen: SocketAddr,
@@ -36,6 +48,9 @@ pub struct Config {
     pub segment_size: usize,
     /// Segments kept per filter before the oldest is dropped.
     pub segment_count: usize,
+    /// Who may connect and what they may do (TLS, certificates, passwords, topic rules);
+    /// `None` admits anyone to anything.
+    pub gate: Option<Arc<dyn Gate>>,
 }
 
 impl Config {
@@ -47,6 +62,7 @@ impl Config {
             max_connections: 1000,
             segment_size: 1024 * 1024,
             segment_count: 3,
+            gate: None,
         }
     }
 }
@@ -135,7 +151,16 @@ impl EmbeddedBroker {
             addr
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !mqtt_handshake(connect_to) {
+        // Behind a gate (TLS) a plain MQTT hello cannot succeed: an open port must do.
+        let gated = config.gate.is_some();
+        let ready = |addr| {
+            if gated {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            } else {
+                mqtt_handshake(addr)
+            }
+        };
+        while !ready(connect_to) {
             if Instant::now() > deadline {
                 return Err(Error::NotReady(addr));
             }
@@ -181,6 +206,7 @@ fn rumqttd_config(config: &Config, listen: SocketAddr) -> rumqttd::Config {
         auth: None,
         external_auth: None,
         dynamic_filters: true,
+        gate: config.gate.clone(),
     };
     let server = rumqttd::ServerSettings {
         name: "mqtt".into(),

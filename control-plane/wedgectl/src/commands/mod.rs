@@ -1,6 +1,7 @@
 //! One module per group of commands.
 
 pub mod deploy;
+pub mod identity;
 pub mod keys;
 pub mod modules;
 pub mod nodes;

@@ -27,6 +27,7 @@ pub use server::{Broker, LinkType, Server};
 
 pub use self::router::shared_subs::Strategy;
 
+pub mod gate;
 mod link;
 pub mod protocol;
 mod router;
@@ -152,6 +153,9 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// Wedge patch: admission control and topic rules (see [`gate`]).
+    #[serde(skip)]
+    pub gate: Option<Arc<dyn gate::Gate>>,
 }
 
 impl ConnectionSettings {
@@ -177,6 +181,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("gate", &self.gate.is_some())
             .finish()
     }
 }

@@ -4,6 +4,7 @@ use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
+use crate::gate::Session;
 use crate::{ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
@@ -47,6 +48,10 @@ pub enum Error {
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
     Link(#[from] LinkError),
+    #[error("Refused by the gate: {0}")]
+    Refused(String),
+    #[error("Session ended by the gate")]
+    Ended,
 }
 
 /// Orchestrates between Router and Network.
@@ -58,6 +63,35 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    session: Option<Arc<dyn Session>>,
+}
+
+/// Wedge patch: the first packet in `packets` the session does not allow, described.
+fn refused<'a>(
+    session: &dyn Session,
+    packets: impl Iterator<Item = &'a Packet>,
+) -> Option<String> {
+    for packet in packets {
+        match packet {
+            Packet::Publish(publish, _) => {
+                let topic = String::from_utf8_lossy(&publish.topic);
+                if !session.may_publish(&topic) {
+                    return Some(format!("publish to {topic}"));
+                }
+            }
+            Packet::Subscribe(subscribe, _) => {
+                if let Some(f) = subscribe
+                    .filters
+                    .iter()
+                    .find(|f| !session.may_subscribe(&f.path))
+                {
+                    return Some(format!("subscribe to {}", f.path));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -68,6 +102,7 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        session: Option<Arc<dyn Session>>,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -122,22 +157,35 @@ impl<P: Protocol> RemoteLink<P> {
             link_rx,
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
+            session,
         })
     }
 
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
+        let mut ended = match &self.session {
+            Some(session) => session.ended(),
+            None => Box::pin(std::future::pending()),
+        };
 
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
             select! {
+                _ = &mut ended => return Err(Error::Ended),
                 o = self.network.read() => {
                     let packet = o?;
                     let len = {
                         let mut buffer = self.link_tx.buffer();
+                        let before = buffer.len();
                         buffer.push_back(packet);
                         self.network.readv(&mut buffer)?;
+                        if let Some(session) = &self.session {
+                            if let Some(what) = refused(session.as_ref(), buffer.iter().skip(before)) {
+                                buffer.truncate(before);
+                                return Err(Error::Refused(what));
+                            }
+                        }
                         buffer.len()
                     };
 
@@ -283,6 +331,7 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            gate: None,
         }
     }
 

@@ -405,6 +405,42 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 warn!(error=?e, "Unable to set TCP_NODELAY.");
             }
 
+            // Wedge patch: with a gate, the handshake runs in the connection's own task
+            // under the connection timeout (see `crate::gate`).
+            if let Some(gate) = config.gate.clone() {
+                let config = config.clone();
+                let router_tx = self.router_tx.clone();
+                let protocol = self.protocol.clone();
+                let will_handlers = self.awaiting_will_handler.clone();
+                count += 1;
+                task::spawn(
+                    async move {
+                        let timeout = Duration::from_millis(config.connection_timeout_ms.into());
+                        let (network, peer) =
+                            match time::timeout(timeout, gate.accept(stream)).await {
+                                Ok(Ok(accepted)) => accepted,
+                                Ok(Err(e)) => {
+                                    warn!(?addr, error = %e, "handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    warn!(?addr, "handshake timed out");
+                                    return;
+                                }
+                            };
+                        remote(config, None, router_tx, network, protocol, will_handlers, peer)
+                            .await
+                    }
+                    .instrument(tracing::error_span!(
+                        "remote_link",
+                        client_id = field::Empty,
+                        connection_id = field::Empty,
+                    )),
+                );
+                time::sleep(delay).await;
+                continue;
+            }
+
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
                 Err(e) => {
@@ -440,6 +476,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                             stream,
                             protocol,
                             self.awaiting_will_handler.clone(),
+                            None,
                         )
                         .instrument(tracing::info_span!(
                             "websocket_link",
@@ -456,6 +493,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                         network,
                         protocol,
                         self.awaiting_will_handler.clone(),
+                        None,
                     )
                     .instrument(tracing::error_span!(
                         "remote_link",
@@ -501,6 +539,7 @@ async fn remote<P: Protocol>(
     stream: Box<dyn N>,
     protocol: P,
     will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    peer_certificate: Option<Vec<u8>>,
 ) {
     let mut network = Network::new(
         stream,
@@ -510,6 +549,7 @@ async fn remote<P: Protocol>(
     );
 
     let dynamic_filters = config.dynamic_filters;
+    let gate = config.gate.clone();
 
     let connect_packet = match mqtt_connect(config, &mut network).await {
         Ok(p) => p,
@@ -524,6 +564,46 @@ async fn remote<P: Protocol>(
             (connect.client_id.clone(), connect.clean_session)
         }
         _ => unreachable!(),
+    };
+
+    // Wedge patch: the gate admits or refuses the CONNECT, with a CONNACK that says why.
+    let session = match gate {
+        None => None,
+        Some(gate) => {
+            let Packet::Connect(_, _, will, _, login) = &connect_packet else {
+                unreachable!()
+            };
+            let admission = crate::gate::Admission {
+                peer_certificate,
+                client_id: client_id.clone(),
+                username: login.as_ref().map(|l| l.username.clone()),
+                password: login.as_ref().map(|l| l.password.clone()),
+                will_topic: will
+                    .as_ref()
+                    .map(|w| String::from_utf8_lossy(&w.topic).into_owned()),
+            };
+            match gate.admit(admission).await {
+                Ok(session) => Some(session),
+                Err(refusal) => {
+                    use crate::gate::Refusal;
+                    use crate::protocol::{ConnAck, ConnectReturnCode};
+                    let code = match refusal {
+                        Refusal::BadUserNamePassword => ConnectReturnCode::BadUserNamePassword,
+                        Refusal::NotAuthorized => ConnectReturnCode::NotAuthorized,
+                        Refusal::ClientIdentifierNotValid => {
+                            ConnectReturnCode::ClientIdentifierNotValid
+                        }
+                    };
+                    warn!(client_id, ?refusal, "connection refused");
+                    let ack = ConnAck {
+                        session_present: false,
+                        code,
+                    };
+                    let _ = network.write(Packet::ConnAck(ack, None)).await;
+                    return;
+                }
+            }
+        }
     };
 
     let mut assigned_client_id = None;
@@ -563,6 +643,7 @@ async fn remote<P: Protocol>(
         connect_packet,
         dynamic_filters,
         assigned_client_id,
+        session,
     )
     .await
     {
@@ -591,6 +672,10 @@ async fn remote<P: Protocol>(
             if err.kind() == io::ErrorKind::ConnectionAborted =>
         {
             info!(error=?err, "disconnected");
+        }
+        // Wedge patch: the gate ended or refused the session.
+        Err(e @ (remote::Error::Refused(_) | remote::Error::Ended)) => {
+            warn!(error = %e, "disconnected");
         }
         // Any other error
         Err(e) => {

@@ -1,0 +1,196 @@
+//! The broker's gate: TLS, who may connect, and the topics each connection may use.
+//!
+//! Topic confinement is enforced here, inside our copy of rumqttd (its gate patch), rather
+//! than by signing every message: the broker already knows who is on each connection from
+//! the TLS handshake, a check per PUBLISH costs a string comparison, and a refused packet
+//! never reaches another subscriber. Signed messages would cost a signature per telemetry
+//! batch on small devices and still let a node flood others' topics.
+//!
+//! - A node (client certificate, common name = node id) must use its node id as MQTT
+//!   client id (no taking over another node's session), may set a last will only on its
+//!   own status topic, publish only the kinds a node sends under `wedge/v1/nodes/{id}/`,
+//!   and subscribe only to its own topics. Anything else ends its connection.
+//! - The control plane's own client (the certificate made at this start) may do anything.
+//! - A client without a certificate may only enroll: password = a valid bootstrap token,
+//!   client id = the node id it asks for, one request topic and one reply topic, for at
+//!   most a minute.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use wedge_broker::{Admission, BoxFuture, Gate, Refusal, Session, Stream, Unrestricted};
+use wedge_shared::topics::{self, NodeTopic};
+
+use super::Identity;
+use crate::time::now_ms;
+
+/// How long an enrollment connection may stay.
+const ENROLL_SESSION: Duration = Duration::from_secs(60);
+
+pub struct NodeGate {
+    identity: Arc<Identity>,
+}
+
+impl NodeGate {
+    pub fn new(identity: Arc<Identity>) -> Self {
+        Self { identity }
+    }
+}
+
+impl Gate for NodeGate {
+    fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> BoxFuture<std::io::Result<(Box<dyn Stream>, Option<Vec<u8>>)>> {
+        let config = self.identity.server.clone();
+        Box::pin(async move {
+            let (stream, peer) = wedge_pki::accept(config, stream).await?;
+            Ok((Box::new(stream) as Box<dyn Stream>, peer))
+        })
+    }
+
+    fn admit(&self, admission: Admission) -> BoxFuture<Result<Arc<dyn Session>, Refusal>> {
+        let result = admit(&self.identity, admission);
+        Box::pin(async move { result })
+    }
+}
+
+fn admit(identity: &Arc<Identity>, a: Admission) -> Result<Arc<dyn Session>, Refusal> {
+    let Some(der) = a.peer_certificate else {
+        return admit_enrollment(identity, &a.client_id, a.password.as_deref(), a.will_topic);
+    };
+    let id = wedge_pki::inspect(&der).map_err(|_| Refusal::NotAuthorized)?;
+    if let Some(service) = id.service() {
+        if service == "control-plane" && identity.is_service(&id.fingerprint) {
+            return Ok(Arc::new(Unrestricted));
+        }
+        tracing::warn!(
+            service,
+            "a service certificate not made by this control plane"
+        );
+        return Err(Refusal::NotAuthorized);
+    }
+    let node = id.common_name;
+    if topics::validate_id(&node).is_err() {
+        return Err(Refusal::NotAuthorized);
+    }
+    if a.client_id != node {
+        tracing::warn!(
+            node,
+            client_id = a.client_id,
+            "client id is not the certificate's node"
+        );
+        return Err(Refusal::ClientIdentifierNotValid);
+    }
+    if identity.is_revoked(&node, id.issued_ms) {
+        tracing::warn!(node, "revoked certificate refused");
+        return Err(Refusal::NotAuthorized);
+    }
+    if let Some(will) = &a.will_topic
+        && *will != NodeTopic::Status.for_node(&node)
+    {
+        tracing::warn!(node, will, "last will on a foreign topic refused");
+        return Err(Refusal::NotAuthorized);
+    }
+    Ok(Arc::new(NodeSession {
+        changes: identity.changes(),
+        identity: identity.clone(),
+        issued_ms: id.issued_ms,
+        not_after: id.not_after,
+        node,
+    }))
+}
+
+fn admit_enrollment(
+    identity: &Identity,
+    node: &str,
+    password: Option<&str>,
+    will: Option<String>,
+) -> Result<Arc<dyn Session>, Refusal> {
+    if topics::validate_id(node).is_err() || will.is_some() {
+        return Err(Refusal::ClientIdentifierNotValid);
+    }
+    if let Err(e) = identity
+        .tokens
+        .check(password.unwrap_or_default(), now_ms())
+    {
+        tracing::warn!(node, error = %e, "enrollment refused");
+        return Err(Refusal::BadUserNamePassword);
+    }
+    if identity.revoked_at(node).is_some() {
+        tracing::warn!(node, "enrollment of a revoked node refused");
+        return Err(Refusal::NotAuthorized);
+    }
+    Ok(Arc::new(EnrollSession {
+        request: topics::enroll_request(node),
+        reply: topics::enroll_reply(node),
+    }))
+}
+
+/// An enrolled node's connection.
+pub struct NodeSession {
+    node: String,
+    issued_ms: u64,
+    not_after: SystemTime,
+    identity: Arc<Identity>,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Session for NodeSession {
+    fn may_publish(&self, topic: &str) -> bool {
+        matches!(topics::parse(topic), Some((node, kind)) if node == self.node && kind.from_node())
+    }
+
+    fn may_subscribe(&self, filter: &str) -> bool {
+        matches!(topics::parse(filter), Some((node, kind)) if node == self.node && !kind.from_node())
+    }
+
+    /// Ends at revocation, or when the certificate expires (the node has renewed long
+    /// before and reconnects with the new one).
+    fn ended(&self) -> BoxFuture<()> {
+        let mut changes = self.changes.clone();
+        let identity = self.identity.clone();
+        let node = self.node.clone();
+        let issued = self.issued_ms;
+        let left = self
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        Box::pin(async move {
+            let revoked = async {
+                loop {
+                    if identity.is_revoked(&node, issued) {
+                        return;
+                    }
+                    if changes.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = revoked => tracing::warn!(node, "revoked: connection cut"),
+                _ = tokio::time::sleep(left) => tracing::info!(node, "certificate expired: connection ended"),
+            }
+        })
+    }
+}
+
+/// A connection that may only ask for its first certificate.
+pub struct EnrollSession {
+    request: String,
+    reply: String,
+}
+
+impl Session for EnrollSession {
+    fn may_publish(&self, topic: &str) -> bool {
+        topic == self.request
+    }
+
+    fn may_subscribe(&self, filter: &str) -> bool {
+        filter == self.reply
+    }
+
+    fn ended(&self) -> BoxFuture<()> {
+        Box::pin(tokio::time::sleep(ENROLL_SESSION))
+    }
+}
