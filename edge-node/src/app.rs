@@ -49,7 +49,13 @@ impl App {
                     format!("cannot open the store in {}", config.data_dir.display())
                 })?;
 
-        let broker_cfg = wedge_broker::Config::new(config.local_mqtt_listen);
+        let mut broker_cfg = wedge_broker::Config::new(config.local_mqtt_listen);
+        let devices = crate::devices::DeviceGate::new(&config.devices)
+            .context("cannot set up device access to the local broker")?;
+        let local_tls = devices.tls();
+        broker_cfg.gate = Some(std::sync::Arc::new(crate::devices::SharedDeviceGate(
+            devices,
+        )));
         let link_id = format!("wedge-node-{}", config.node_id);
         let (broker, publisher, receiver) = tokio::task::spawn_blocking(move || {
             EmbeddedBroker::start_with_link(&broker_cfg, &link_id)
@@ -140,7 +146,7 @@ impl App {
             shutdown.clone(),
         ));
         tracker.spawn(session.run(inbound_tx, uploads_tx, session_stop));
-        tracing::info!(node = config.node_id, local_mqtt = %local_mqtt_addr, control_plane = config.control_plane, "edge node started");
+        tracing::info!(node = config.node_id, local_mqtt = %local_mqtt_addr, local_tls, control_plane = config.control_plane, "edge node started");
         Ok(Running {
             local_mqtt_addr,
             lifecycle,

@@ -47,6 +47,8 @@ pub struct Config {
     /// Publisher keys (`ed25519:<base64>`) this node trusts; when any are given, only modules
     /// signed by one of them run. Empty: signatures are not required.
     pub trusted_publishers: Vec<String>,
+    /// Who may use the local broker.
+    pub devices: crate::devices::DevicesConfig,
 }
 
 /// Smallest memory limit a module may have: a Rust guest starts at ~1.1 MB.
@@ -99,6 +101,7 @@ impl Default for Config {
             buffer_ttl_secs: None,
             limits: ModuleLimits::default(),
             trusted_publishers: Vec::new(),
+            devices: Default::default(),
         }
     }
 }
@@ -146,6 +149,7 @@ impl Config {
             bail!("ca_sha256 must be 64 hex digits (the SHA-256 of the control plane's CA)");
         }
         self.trusted_keys()?;
+        self.devices.validate()?;
         for (k, v) in &self.labels {
             if k.is_empty() || k.contains([',', '=']) || v.contains([',', '=']) {
                 bail!("label {k}={v}: keys must be non-empty; neither may contain ',' or '='");

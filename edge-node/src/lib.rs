@@ -26,6 +26,7 @@ pub mod agent;
 pub mod app;
 pub mod buffer;
 pub mod config;
+pub mod devices;
 pub mod events;
 pub mod resources;
 pub mod router;

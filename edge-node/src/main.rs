@@ -12,6 +12,8 @@ use wedge_edge_node::{App, Config};
 #[derive(Debug, Parser)]
 #[command(name = "wedge-node", version)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file; flags override it.
     #[arg(long, env = "WEDGE_CONFIG")]
     config: Option<PathBuf>,
@@ -39,6 +41,36 @@ struct Cli {
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Read a device password from standard input and print its Argon2id hash, for
+    /// `[[devices.users]] password_hash` in the node's configuration
+    HashPassword,
+}
+
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("wedge-node: cannot read the password: {e}");
+        return ExitCode::from(1);
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("wedge-node: the password is empty");
+        return ExitCode::from(64);
+    }
+    match wedge_edge_node::devices::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wedge-node: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn config(cli: &Cli) -> anyhow::Result<Config> {
@@ -74,6 +106,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        return hash_password();
+    }
     wedge_shared::process::init(&cli.log_format);
     wedge_shared::process::run_service("wedge-node", config(&cli), App::start).await
 }

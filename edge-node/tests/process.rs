@@ -140,3 +140,30 @@ async fn crash_fires_the_last_will_and_sigterm_says_goodbye() {
     assert_eq!(n["reason"], "shut down");
     cp.stop().await;
 }
+
+#[test]
+fn hash_password_prints_an_argon2id_hash() {
+    use std::io::Write as _;
+    let run = |input: &str| {
+        let mut child = Command::new(BIN)
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("s3cret\n");
+    assert!(out.status.success(), "{out:?}");
+    let hash = String::from_utf8_lossy(&out.stdout);
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("s3cret"));
+    assert_eq!(run("\n").status.code(), Some(64));
+}

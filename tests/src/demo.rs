@@ -95,9 +95,12 @@ pub async fn run(
     let mut nodes = Vec::new();
     for (i, (id, labels)) in NODES.iter().enumerate() {
         let listen = node_listen(options.node_mqtt_listen, i);
-        let node = Node::start_with_listen(&cp, id, labels, listen)
-            .await
-            .with_context(|| format!("cannot start edge node {id} on {listen} (port taken?)"))?;
+        // Anonymous devices on, so `mosquitto_pub -p PORT …` works against the demo.
+        let node = Node::start_configured(&cp, id, labels, listen, |c| {
+            c.devices.allow_anonymous = true;
+        })
+        .await
+        .with_context(|| format!("cannot start edge node {id} on {listen} (port taken?)"))?;
         nodes.push(node);
     }
     for (id, _) in NODES {
@@ -227,6 +230,14 @@ fn print_banner(base: &str, nodes: &[Node], interval: Duration, bake: u64) {
             node.id, labels, node.local_mqtt_addr
         );
     }
+    println!(
+        "  Devices        : ANONYMOUS access ON for the demo (also user {} / password {})",
+        crate::DEVICE_USER,
+        crate::DEVICE_PASSWORD
+    );
+    println!(
+        "  Uplink         : TLS; each node enrolled with a bootstrap token and has its own certificate"
+    );
     println!(
         "  Sensors        : one per node, sensors/room-1/temperature every {interval:?}, a spike every fifth reading"
     );

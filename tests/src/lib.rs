@@ -59,6 +59,22 @@ pub struct ControlPlane {
     data_dir: std::path::PathBuf,
 }
 
+/// The device account every harness node has, and [`Device`] uses.
+pub const DEVICE_USER: &str = "device";
+pub const DEVICE_PASSWORD: &str = "wedge-test-device";
+
+/// The `[[devices.users]]` entry for [`DEVICE_USER`] (hashed once per process).
+pub fn device_user() -> wedge_edge_node::devices::DeviceUser {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = HASH.get_or_init(|| {
+        wedge_edge_node::devices::hash_password(DEVICE_PASSWORD).unwrap_or_default()
+    });
+    wedge_edge_node::devices::DeviceUser {
+        username: DEVICE_USER.into(),
+        password_hash: hash.clone(),
+    }
+}
+
 /// What a node needs to enroll.
 #[derive(Debug, Clone)]
 pub struct Enrollment {
@@ -224,6 +240,7 @@ impl Node {
             ..Default::default()
         };
         cp.enroll(&mut config);
+        config.devices.users = vec![device_user()];
         tweak(&mut config);
         let running = wedge_edge_node::App::start(config).await?;
         Ok(Self {
@@ -529,6 +546,7 @@ impl Device {
         let mut opts = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        opts.set_credentials(DEVICE_USER, DEVICE_PASSWORD);
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
         let mut net = eventloop.network_options();
         net.set_tcp_nodelay(true);

@@ -67,8 +67,20 @@ impl Proc {
         local: SocketAddr,
         enrollment: &crate::Enrollment,
     ) -> anyhow::Result<Self> {
+        // The harness's device account, through a config file as an operator would.
+        let user = crate::device_user();
+        let config = data_dir.with_extension("toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[devices.users]]\nusername = {:?}\npassword_hash = {:?}\n",
+                user.username, user.password_hash
+            ),
+        )?;
         let mut cmd = Command::new(binary("wedge-node")?);
-        cmd.args(["--node-id", id])
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["--node-id", id])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--control-plane")

@@ -344,6 +344,10 @@ async fn a_node_started_offline_runs_its_modules_and_keeps_them_on_reconnect() -
         control_plane: format!("mqtts://{mqtt_addr}"),
         enroll_token: Some(enrollment.token),
         ca_sha256: Some(enrollment.ca_sha256),
+        devices: wedge_edge_node::devices::DevicesConfig {
+            users: vec![wedge_tests::device_user()],
+            ..Default::default()
+        },
         local_mqtt_listen: "127.0.0.1:0".parse()?,
         labels: [("fleet".to_string(), "r".to_string())].into(),
         heartbeat_interval_secs: 1,
