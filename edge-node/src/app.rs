@@ -43,6 +43,24 @@ impl App {
         let (cp_host, cp_port) = config.control_plane_addr()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        // First, before anything is open: a node that has never enrolled has nothing to run
+        // yet, and a signal during enrollment then simply ends the process.
+        let tls = if config.uplink_tls() {
+            Some(
+                uplink::identity::load_or_enroll(
+                    &config.node_id,
+                    &config.data_dir,
+                    &cp_host,
+                    cp_port,
+                    config.enroll_token.as_deref(),
+                    config.ca_sha256.as_deref(),
+                )
+                .await?,
+            )
+        } else {
+            tracing::warn!("the uplink is plain MQTT (mqtt://): no TLS, no node certificate");
+            None
+        };
         let store =
             Store::open_with_flush(&config.data_dir.join("store"), config.flush_interval_ms)
                 .with_context(|| {
@@ -74,23 +92,6 @@ impl App {
         let runtime = Runtime::new(Some(&config.data_dir.join("module-cache")))
             .context("cannot start the WebAssembly runtime")?;
         let routes = RouteTable::default();
-        let tls = if config.uplink_tls() {
-            Some(
-                uplink::identity::load_or_enroll(
-                    &config.node_id,
-                    &config.data_dir,
-                    &cp_host,
-                    cp_port,
-                    config.enroll_token.as_deref(),
-                    config.ca_sha256.as_deref(),
-                    &CancellationToken::new(),
-                )
-                .await?,
-            )
-        } else {
-            tracing::warn!("the uplink is plain MQTT (mqtt://): no TLS, no node certificate");
-            None
-        };
         let (client, session) = uplink::connect(uplink::Settings {
             node_id: config.node_id.clone(),
             host: cp_host,

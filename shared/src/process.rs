@@ -136,11 +136,37 @@ where
         }
     };
     let token = service.shutdown_token();
+    systemd_ready(token.clone());
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         token.cancel();
     });
     service.wait().await;
     std::process::ExitCode::SUCCESS
+}
+
+/// Under systemd (`Type=notify`): says the service is ready, and pings the watchdog at half
+/// its interval until shutdown. The pings come from a task on the runtime that serves
+/// everything else, so a wedged runtime stops them and systemd restarts the service.
+/// Outside systemd (no `NOTIFY_SOCKET`) this does nothing.
+fn systemd_ready(shutdown: tokio_util::sync::CancellationToken) {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }
+    });
 }

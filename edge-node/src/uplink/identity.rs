@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
-use tokio_util::sync::CancellationToken;
 use wedge_pki::Credential;
 use wedge_shared::messages::{CertReply, CertRequest};
 use wedge_shared::{decode, encode, topics};
@@ -87,7 +86,8 @@ pub fn accept_issued(
 }
 
 /// The saved certificate, or a new one by enrolling: retries while the control plane is
-/// unreachable; a refusal (bad token, revoked node) is an error.
+/// unreachable; a refusal (bad token, revoked node) is an error. Runs before the node opens
+/// anything, so a signal meanwhile just ends the process.
 pub async fn load_or_enroll(
     node_id: &str,
     data_dir: &Path,
@@ -95,7 +95,6 @@ pub async fn load_or_enroll(
     port: u16,
     token: Option<&str>,
     pin: Option<&str>,
-    shutdown: &CancellationToken,
 ) -> anyhow::Result<Tls> {
     if let Some(tls) = load(data_dir)? {
         return Ok(tls);
@@ -118,10 +117,7 @@ pub async fn load_or_enroll(
             Err(Attempt::Refused(reason)) => bail!("enrollment refused: {reason}"),
             Err(Attempt::Failed(e)) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "enrollment failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => bail!("stopped before enrollment finished"),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
+                tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
