@@ -80,32 +80,11 @@ fn parse(token: &str) -> Option<(&str, &str)> {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<TokenFile> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("invalid {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+    crate::files::read_toml(path)
 }
 
 fn write_file(path: &Path, file: &TokenFile) -> anyhow::Result<()> {
-    let text = toml::to_string(file)?;
-    let tmp = path.with_extension("toml.tmp");
-    {
-        use std::io::Write as _;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        let mut f = options
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
+    crate::files::write_private_toml(path, file)
 }
 
 /// Creates a token in `data_dir` and returns it: the only time the secret is seen.

@@ -29,6 +29,7 @@ pub mod auth;
 pub mod config;
 pub mod dashboard;
 pub mod desired;
+pub mod files;
 pub mod fleet;
 pub mod identity;
 pub mod mqtt;

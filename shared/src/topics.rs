@@ -213,15 +213,7 @@ mod tests {
 
     #[test]
     fn topic_names_round_trip() {
-        for kind in [
-            NodeTopic::Status,
-            NodeTopic::Desired,
-            NodeTopic::BlobRequest,
-            NodeTopic::BlobData,
-            NodeTopic::Events,
-            NodeTopic::Telemetry,
-            NodeTopic::TelemetryAck,
-        ] {
+        for kind in NodeTopic::ALL {
             let t = kind.for_node("node-1");
             assert_eq!(parse(&t), Some(("node-1", kind)));
             assert!(matches(&kind.all_nodes(), &t));

@@ -23,7 +23,7 @@ pub mod gate;
 mod tokens;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -91,7 +91,7 @@ impl Identity {
         let server = wedge_pki::server_config(ca.cert_pem(), &server)?;
         let service = ca.issue_service("control-plane", year)?;
         let service_fingerprint = wedge_pki::fingerprint_pem(&service.cert_pem)?;
-        let revoked = read_toml::<RevokedFile>(&dir.join(REVOKED_FILE))?.nodes;
+        let revoked = crate::files::read_toml::<RevokedFile>(&dir.join(REVOKED_FILE))?.nodes;
         Ok(Arc::new(Self {
             tokens: tokens::Tokens::load(dir)?,
             ca,
@@ -187,7 +187,7 @@ impl Identity {
         });
         change(entry);
         let result = *entry;
-        write_toml(
+        crate::files::write_private_toml(
             &self.settings.data_dir.join(REVOKED_FILE),
             &RevokedFile {
                 nodes: revoked.clone(),
@@ -249,32 +249,4 @@ impl Identity {
             .issue_node(node, &request.csr, self.settings.node_cert_lifetime)
             .map_err(|e| e.to_string())
     }
-}
-
-fn read_toml<T: Default + serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("invalid {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-/// Writes `value` to `path` atomically, mode 0600.
-fn write_toml<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let text = toml::to_string(value)?;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))
 }

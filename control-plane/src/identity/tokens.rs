@@ -66,7 +66,7 @@ fn parse(token: &str) -> Option<(&str, &str)> {
 impl Tokens {
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(FILE);
-        let file: TokenFile = super::read_toml(&path)?;
+        let file: TokenFile = crate::files::read_toml(&path)?;
         Ok(Self {
             path,
             tokens: Mutex::new(file.tokens),
@@ -74,7 +74,7 @@ impl Tokens {
     }
 
     fn save(&self, tokens: &[EnrollToken]) -> Result<(), TokenError> {
-        super::write_toml(
+        crate::files::write_private_toml(
             &self.path,
             &TokenFile {
                 tokens: tokens.to_vec(),
