@@ -1,7 +1,7 @@
 //! Startup and shutdown of the control plane.
 //!
-//! Order: open the store → start the embedded broker → connect our MQTT session → bind
-//! the API. Shutdown: cancel → the API stops accepting and finishes requests → the MQTT
+//! Order: open the store → start the embedded broker (unless `mqtt_broker` names an
+//! external one) → connect our MQTT session → bind the API. Shutdown: cancel → the API stops accepting and finishes requests → the MQTT
 //! session disconnects → the store is flushed. The embedded broker has no shutdown and
 //! ends with the process.
 
@@ -48,7 +48,16 @@ impl App {
             .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
         let fleet = Arc::new(Fleet::load(store.clone()).context("cannot load the node registry")?);
 
-        let identity = if config.tls.enabled {
+        let external = config.external_broker()?;
+        let identity = if let Some(url) = &external {
+            tracing::warn!(
+                broker = %format!("{}:{}", url.host, url.port),
+                "using an external MQTT broker: node certificates, enrollment and topic \
+                 confinement are off; the broker's own access rules must confine nodes \
+                 (deploy/mosquitto/)"
+            );
+            None
+        } else if config.tls.enabled {
             let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
             if let Ok(host) = std::env::var("HOSTNAME") {
                 names.push(host);
@@ -77,19 +86,33 @@ impl App {
             None
         };
 
-        let mut broker_cfg = wedge_broker::Config::new(config.mqtt_listen);
-        broker_cfg.gate = identity.as_ref().map(|i| i.gate());
-        broker_cfg.max_payload_size = config.mqtt_max_payload;
-        broker_cfg.max_connections = 20_000;
-        broker_cfg.segment_size = 4 * config.mqtt_max_payload;
-        let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(&broker_cfg))
-            .await?
-            .context("cannot start the embedded MQTT broker")?;
-        let mqtt_addr = broker.local_addr();
-        let connect_ip = if mqtt_addr.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            mqtt_addr.ip().to_string()
+        let (connect_host, mqtt_addr) = match &external {
+            Some(url) => {
+                let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+                    .await
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+                    .with_context(|| format!("cannot resolve the MQTT broker {}", url.host))?;
+                (url.host.clone(), addr)
+            }
+            None => {
+                let mut broker_cfg = wedge_broker::Config::new(config.mqtt_listen);
+                broker_cfg.gate = identity.as_ref().map(|i| i.gate());
+                broker_cfg.max_payload_size = config.mqtt_max_payload;
+                broker_cfg.max_connections = 20_000;
+                broker_cfg.segment_size = 4 * config.mqtt_max_payload;
+                let broker =
+                    tokio::task::spawn_blocking(move || EmbeddedBroker::start(&broker_cfg))
+                        .await?
+                        .context("cannot start the embedded MQTT broker")?;
+                let addr = broker.local_addr();
+                let host = if addr.ip().is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    addr.ip().to_string()
+                };
+                (host, addr)
+            }
         };
 
         let tls = match &identity {
@@ -97,10 +120,11 @@ impl App {
             None => None,
         };
         let (publisher, session) = mqtt::connect(
-            (&connect_ip, mqtt_addr.port()),
+            (&connect_host, mqtt_addr.port()),
             &format!("wedge-control-{}", std::process::id()),
             config.mqtt_max_payload,
             tls,
+            config.external_credentials()?,
         );
         let plans = Arc::new(Plans::default());
         let reconciler = Arc::new(Reconciler::new(
@@ -168,12 +192,19 @@ impl App {
             config.auth.rate_per_sec,
             config.auth.rate_burst,
         ));
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            fleet.clone(),
+            store.clone(),
+            rollouts.clone(),
+            counters.clone(),
+        ));
         let app = api::router(
             AppState {
                 store: store.clone(),
                 fleet,
                 rollouts,
                 counters,
+                metrics,
                 max_module_size: config.max_module_size,
                 identity: identity.clone(),
             },
@@ -236,7 +267,7 @@ impl Running {
         self.api_addr
     }
 
-    /// The embedded broker's address (what nodes connect to).
+    /// The broker's address, embedded or external (what nodes connect to).
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
     }

@@ -18,6 +18,14 @@ pub struct Config {
     pub api_listen: SocketAddr,
     /// Address of the embedded MQTT broker the nodes connect to.
     pub mqtt_listen: SocketAddr,
+    /// An external MQTT broker (`mqtt://host:port`, e.g. Mosquitto) to use instead of the
+    /// embedded one; nodes then connect to it too. Node identity and topic rules are then
+    /// the broker's job (see `deploy/mosquitto/`).
+    pub mqtt_broker: Option<String>,
+    /// User name for the external broker (none: connect anonymously).
+    pub mqtt_broker_username: Option<String>,
+    /// File holding the external broker password (first line), read at start.
+    pub mqtt_broker_password_file: Option<PathBuf>,
     /// A node whose last heartbeat is older than this is offline.
     pub heartbeat_timeout_secs: u64,
     /// Largest module accepted by `POST /api/v1/modules`.
@@ -85,6 +93,9 @@ impl Default for Config {
             data_dir: PathBuf::from("wedge-control-data"),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            mqtt_broker: None,
+            mqtt_broker_username: None,
+            mqtt_broker_password_file: None,
             heartbeat_timeout_secs: 15,
             max_module_size: 16 * 1024 * 1024,
             mqtt_max_payload: 1024 * 1024,
@@ -108,11 +119,47 @@ impl Config {
         Duration::from_secs(self.heartbeat_timeout_secs)
     }
 
+    /// The external broker, when one is configured.
+    pub fn external_broker(&self) -> anyhow::Result<Option<wedge_shared::mqtt_url::MqttUrl>> {
+        let Some(url) = &self.mqtt_broker else {
+            return Ok(None);
+        };
+        let parsed =
+            wedge_shared::mqtt_url::parse(url).map_err(|e| anyhow::anyhow!("mqtt_broker: {e}"))?;
+        if parsed.tls {
+            bail!(
+                "mqtt_broker {url:?}: TLS to an external broker is not supported yet; use                  mqtt:// on a trusted network, or the embedded broker (TLS with node certificates)"
+            );
+        }
+        Ok(Some(parsed))
+    }
+
+    /// The external broker's credentials, when one is configured with a user name.
+    pub fn external_credentials(&self) -> anyhow::Result<Option<(String, String)>> {
+        let (Some(_), Some(user)) = (&self.mqtt_broker, &self.mqtt_broker_username) else {
+            return Ok(None);
+        };
+        let password = match &self.mqtt_broker_password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| {
+                    format!("cannot read mqtt_broker_password_file {}", path.display())
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            None => String::new(),
+        };
+        Ok(Some((user.clone(), password)))
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.heartbeat_timeout_secs == 0 {
             bail!("heartbeat_timeout_secs must be at least 1");
         }
+        self.external_broker()?;
+        self.external_credentials()?;
         if self.auth.rate_per_sec == 0 || self.auth.rate_burst == 0 {
             bail!("auth.rate_per_sec and auth.rate_burst must be at least 1");
         }

@@ -32,6 +32,7 @@ pub mod desired;
 pub mod files;
 pub mod fleet;
 pub mod identity;
+pub mod metrics;
 pub mod mqtt;
 pub mod reconcile;
 pub mod rollout;

@@ -23,6 +23,15 @@ struct Cli {
     /// Embedded MQTT broker address [default: 0.0.0.0:8883].
     #[arg(long, env = "WEDGE_MQTT_LISTEN")]
     mqtt_listen: Option<SocketAddr>,
+    /// Use this external MQTT broker (`mqtt://host:port`) instead of the embedded one.
+    #[arg(long, env = "WEDGE_MQTT_BROKER")]
+    mqtt_broker: Option<String>,
+    /// User name for the external broker.
+    #[arg(long, env = "WEDGE_MQTT_BROKER_USERNAME")]
+    mqtt_broker_username: Option<String>,
+    /// File with the external broker's password.
+    #[arg(long, env = "WEDGE_MQTT_BROKER_PASSWORD_FILE")]
+    mqtt_broker_password_file: Option<PathBuf>,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -103,6 +112,20 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = cli.mqtt_listen {
         config.mqtt_listen = v;
+    }
+    // An empty value (compose's `${WEDGE_MQTT_BROKER:-}`) means the embedded broker.
+    if let Some(v) = cli.mqtt_broker.as_ref().filter(|v| !v.is_empty()) {
+        config.mqtt_broker = Some(v.clone());
+    }
+    if let Some(v) = cli.mqtt_broker_username.as_ref().filter(|v| !v.is_empty()) {
+        config.mqtt_broker_username = Some(v.clone());
+    }
+    if let Some(v) = cli
+        .mqtt_broker_password_file
+        .as_ref()
+        .filter(|v| !v.as_os_str().is_empty())
+    {
+        config.mqtt_broker_password_file = Some(v.clone());
     }
     config.validate()?;
     Ok(config)

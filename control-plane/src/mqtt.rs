@@ -9,7 +9,7 @@
 //! repeated by its sender (heartbeats) or retried on a timeout (blob requests).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -43,6 +43,10 @@ pub struct Counters {
     pub telemetry_stored: AtomicU64,
     pub telemetry_duplicates: AtomicU64,
     pub telemetry_lost: AtomicU64,
+    /// Acknowledgements sent for telemetry batches.
+    pub telemetry_acks: AtomicU64,
+    /// Whether our session is connected to the broker (readiness).
+    pub connected: AtomicBool,
 }
 
 /// Publishes on behalf of the control plane. Cheap to clone.
@@ -96,8 +100,12 @@ pub fn connect(
     client_id: &str,
     max_payload: usize,
     tls: Option<Arc<rustls::ClientConfig>>,
+    credentials: Option<(String, String)>,
 ) -> (Publisher, Session) {
     let mut opts = MqttOptions::new(client_id, broker.0, broker.1);
+    if let Some((user, password)) = credentials {
+        opts.set_credentials(user, password);
+    }
     if let Some(tls) = tls {
         opts.set_transport(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(tls),
@@ -168,6 +176,7 @@ impl Session {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(100);
+                    ctx.counters.connected.store(true, Ordering::Relaxed);
                     tracing::info!("connected to the broker");
                     let client = self.client.clone();
                     // Subscribing from this task could wait on the queue this loop drains.
@@ -214,6 +223,7 @@ impl Session {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    ctx.counters.connected.store(false, Ordering::Relaxed);
                     tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -396,7 +406,9 @@ async fn on_telemetry(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
     ctx.publisher
         .telemetry_ack(&msg.node, &TelemetryAck { upto: outcome.upto })
         .await
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::msg)?;
+    ctx.counters.telemetry_acks.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 async fn on_blob_request(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {

@@ -54,6 +54,7 @@ pub struct Agent {
     publisher: LocalPublisher,
     routes: RouteTable,
     uplink: UplinkClient,
+    metrics: Arc<crate::metrics::Metrics>,
     changed: Arc<Notify>,
     instances: BTreeMap<String, (ModuleSpec, Instance)>,
     /// Modules that are wanted but not running an instance: fetching or unusable.
@@ -73,6 +74,7 @@ pub struct Wiring {
     pub publisher: LocalPublisher,
     pub routes: RouteTable,
     pub uplink: UplinkClient,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Agent {
@@ -85,6 +87,7 @@ impl Agent {
             publisher,
             routes,
             uplink,
+            metrics,
         } = wiring;
         Self {
             identity,
@@ -95,6 +98,7 @@ impl Agent {
             publisher,
             routes,
             uplink,
+            metrics,
             changed: Arc::new(Notify::new()),
             instances: BTreeMap::new(),
             waiting: BTreeMap::new(),
@@ -362,6 +366,7 @@ impl Agent {
                 .unwrap_or(defaults.publish_per_sec)
                 .max(1),
             stats: Default::default(),
+            metrics: self.metrics.module(&spec.name),
             events: self.events.clone(),
         };
         let config = InstanceConfig {

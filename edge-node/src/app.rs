@@ -31,6 +31,7 @@ pub struct App;
 #[derive(Debug)]
 pub struct Running {
     local_mqtt_addr: SocketAddr,
+    http_addr: SocketAddr,
     lifecycle: Lifecycle,
     buffer: crate::buffer::Buffer,
 }
@@ -61,6 +62,8 @@ impl App {
             tracing::warn!("the uplink is plain MQTT (mqtt://): no TLS, no node certificate");
             None
         };
+        let http = crate::http::bind(config.http_listen).await?;
+        let http_addr = http.local_addr()?;
         let store =
             Store::open_with_flush(&config.data_dir.join("store"), config.flush_interval_ms)
                 .with_context(|| {
@@ -84,6 +87,7 @@ impl App {
             .subscribe("#")
             .context("cannot subscribe to the local broker")?;
         let local_mqtt_addr = broker.local_addr();
+        let broker = std::sync::Arc::new(broker);
 
         let buffer = store
             .buffer(config.buffer_bytes, config.buffer_full)
@@ -100,6 +104,11 @@ impl App {
             tls,
             data_dir: config.data_dir.clone(),
         });
+        let uplink_counters = client.counters().clone();
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(
+            buffer.clone(),
+            uplink_counters.clone(),
+        ));
         let mut agent = Agent::new(
             Identity {
                 node_id: config.node_id.clone(),
@@ -118,6 +127,7 @@ impl App {
                 publisher,
                 routes: routes.clone(),
                 uplink: client.clone(),
+                metrics: metrics.clone(),
             },
         );
         // Routes are in place before the first message is read: nothing is missed.
@@ -146,10 +156,21 @@ impl App {
             config.buffer_ttl_secs.map(Duration::from_secs),
             shutdown.clone(),
         ));
+        tracker.spawn(crate::http::serve(
+            http,
+            crate::http::HttpState {
+                metrics,
+                broker,
+                buffer: buffer.clone(),
+                uplink: uplink_counters,
+            },
+            shutdown.clone(),
+        ));
         tracker.spawn(session.run(inbound_tx, uploads_tx, session_stop));
-        tracing::info!(node = config.node_id, local_mqtt = %local_mqtt_addr, local_tls, control_plane = config.control_plane, "edge node started");
+        tracing::info!(node = config.node_id, local_mqtt = %local_mqtt_addr, http = %http_addr, local_tls, control_plane = config.control_plane, "edge node started");
         Ok(Running {
             local_mqtt_addr,
+            http_addr,
             lifecycle,
             buffer,
         })
@@ -160,6 +181,11 @@ impl Running {
     /// The local broker's address (what devices connect to).
     pub fn local_mqtt_addr(&self) -> SocketAddr {
         self.local_mqtt_addr
+    }
+
+    /// The HTTP server's address (`/metrics`, `/healthz`, `/readyz`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {

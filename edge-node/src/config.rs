@@ -27,6 +27,8 @@ pub struct Config {
     pub ca_sha256: Option<String>,
     /// Address of the embedded broker local devices publish to.
     pub local_mqtt_listen: SocketAddr,
+    /// Address of the HTTP server with `/metrics`, `/healthz` and `/readyz`.
+    pub http_listen: SocketAddr,
     /// Labels deployments select nodes by.
     pub labels: BTreeMap<String, String>,
     pub heartbeat_interval_secs: u64,
@@ -91,6 +93,7 @@ impl Default for Config {
             enroll_token: None,
             ca_sha256: None,
             local_mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             labels: BTreeMap::new(),
             heartbeat_interval_secs: 5,
             keep_alive_secs: 5,
@@ -174,32 +177,9 @@ impl Config {
 
 /// Parses `mqtt://host:port` (or `tcp://`, or a bare `host:port`); the port defaults to 1883.
 pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
-    let (rest, default_port) = match url.strip_prefix("mqtts://") {
-        Some(rest) => (rest, 8883),
-        None => (
-            url.strip_prefix("mqtt://")
-                .or_else(|| url.strip_prefix("tcp://"))
-                .unwrap_or(url),
-            1883,
-        ),
-    };
-    if rest.contains("://") {
-        bail!("control plane URL {url:?}: only mqtts:// and mqtt:// are supported");
-    }
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') => (
-            h,
-            p.parse::<u16>()
-                .with_context(|| format!("control plane URL {url:?}: bad port"))?,
-        ),
-        _ => (rest, default_port),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        bail!("control plane URL {url:?}: no host");
-    }
-    Ok((host.to_string(), port))
+    wedge_shared::mqtt_url::parse(url)
+        .map(|u| (u.host, u.port))
+        .map_err(|e| anyhow::anyhow!("control plane {e}"))
 }
 
 /// Parses `k=v,k2=v2` into labels.

@@ -28,6 +28,8 @@ pub mod buffer;
 pub mod config;
 pub mod devices;
 pub mod events;
+pub mod http;
+pub mod metrics;
 pub mod resources;
 pub mod router;
 pub mod runtime;

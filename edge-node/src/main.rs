@@ -35,6 +35,9 @@ struct Cli {
     /// Address of the local broker devices publish to [default: 0.0.0.0:1883].
     #[arg(long, env = "WEDGE_LOCAL_MQTT_LISTEN")]
     local_mqtt_listen: Option<SocketAddr>,
+    /// Address of the HTTP server with /metrics, /healthz, /readyz [default: 127.0.0.1:9464].
+    #[arg(long, env = "WEDGE_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
     /// Labels, `k=v,k2=v2` (replace those of the config file).
     #[arg(long, env = "WEDGE_LABELS")]
     labels: Option<String>,
@@ -95,6 +98,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = cli.local_mqtt_listen {
         config.local_mqtt_listen = v;
+    }
+    if let Some(v) = cli.http_listen {
+        config.http_listen = v;
     }
     if let Some(v) = &cli.labels {
         config.labels = parse_labels(v)?;

@@ -28,6 +28,7 @@ fn spawn_node(cp: &wedge_control_plane::Running, id: &str, dir: &std::path::Path
         .arg("--data-dir")
         .arg(dir)
         .args(["--local-mqtt-listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

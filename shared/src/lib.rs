@@ -14,6 +14,9 @@ pub mod digest;
 pub mod envelope;
 pub mod messages;
 #[cfg(feature = "process")]
+pub mod metrics;
+pub mod mqtt_url;
+#[cfg(feature = "process")]
 pub mod process;
 pub mod signing;
 pub mod topics;

@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         enroll_token: enrollment.as_ref().map(|e| e.token.clone()),
         ca_sha256: enrollment.map(|e| e.ca_sha256),
         local_mqtt_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
         heartbeat_interval_secs: 1,
         buffer_bytes: 512 * 1024 * 1024,
         ..Default::default()

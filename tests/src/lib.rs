@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 pub mod demo;
+pub mod mosquitto;
 pub mod process;
 pub mod proxy;
 pub mod sim;
@@ -232,6 +233,7 @@ impl Node {
             data_dir: dir.path().to_path_buf(),
             control_plane: cp.mqtt_url(),
             local_mqtt_listen: listen,
+            http_listen: "127.0.0.1:0".parse()?,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -249,6 +251,15 @@ impl Node {
             running: Some(running),
             _dir: dir,
         })
+    }
+
+    /// The node's HTTP server (`/metrics`, `/healthz`, `/readyz`).
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self
+            .running
+            .as_ref()
+            .context("node is stopped")?
+            .http_addr())
     }
 
     /// Every telemetry record waiting in the node's buffer, in sequence order.
@@ -299,6 +310,12 @@ impl Api {
     pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
         let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
         Self::finish(resp).await
+    }
+
+    /// GET `path` as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Ok((resp.status().as_u16(), resp.text().await?))
     }
 
     /// DELETE `path`.
@@ -647,4 +664,30 @@ async fn drive(
             }
         }
     }
+}
+
+/// The value of the sample `name` whose labels include every pair of `labels`, in
+/// Prometheus/OpenMetrics text (`name{k="v",…} value`).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let all = labels.iter().all(|(k, v)| {
+                series_labels
+                    .split(',')
+                    .any(|kv| kv == format!("{k}=\"{v}\""))
+            });
+            if !all {
+                return None;
+            }
+            value.parse().ok()
+        })
 }

@@ -67,6 +67,20 @@ impl Proc {
         local: SocketAddr,
         enrollment: &crate::Enrollment,
     ) -> anyhow::Result<Self> {
+        let cmd = Command::new(binary("wedge-node")?);
+        Self::node_with(cmd, id, data_dir, control_plane, local, enrollment)
+    }
+
+    /// A node started by `cmd`: the binary, or an emulator with the binary as its first
+    /// argument (`qemu-aarch64-static wedge-node`).
+    pub fn node_with(
+        mut cmd: Command,
+        id: &str,
+        data_dir: &Path,
+        control_plane: SocketAddr,
+        local: SocketAddr,
+        enrollment: &crate::Enrollment,
+    ) -> anyhow::Result<Self> {
         // The harness's device account, through a config file as an operator would.
         let user = crate::device_user();
         let config = data_dir.with_extension("toml");
@@ -77,7 +91,6 @@ impl Proc {
                 user.username, user.password_hash
             ),
         )?;
-        let mut cmd = Command::new(binary("wedge-node")?);
         cmd.arg("--config")
             .arg(&config)
             .args(["--node-id", id])
@@ -88,7 +101,8 @@ impl Proc {
             .args(["--enroll-token", &enrollment.token])
             .args(["--ca-sha256", &enrollment.ca_sha256])
             .arg("--local-mqtt-listen")
-            .arg(local.to_string());
+            .arg(local.to_string())
+            .args(["--http-listen", "127.0.0.1:0"]);
         Self::spawn(cmd)
     }
 

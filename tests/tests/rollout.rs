@@ -349,6 +349,7 @@ async fn a_node_started_offline_runs_its_modules_and_keeps_them_on_reconnect() -
             ..Default::default()
         },
         local_mqtt_listen: "127.0.0.1:0".parse()?,
+        http_listen: "127.0.0.1:0".parse()?,
         labels: [("fleet".to_string(), "r".to_string())].into(),
         heartbeat_interval_secs: 1,
         ..Default::default()

@@ -1,7 +1,10 @@
 //! Liveness and readiness probes.
 
+use std::sync::atomic::Ordering;
+
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -11,6 +14,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
 /// Alive: the process answers HTTP.
@@ -20,15 +24,35 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the store answers.
+/// Ready when the store answers and the control plane's MQTT session is connected to the
+/// broker (the embedded one, or the external one given by `mqtt_broker`).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
-        (status = 200, description = "the store answers", body = String, content_type = "text/plain"),
-        (status = 503, description = "the store does not answer", body = String, content_type = "text/plain"),
+        (status = 200, description = "store and broker are up", body = String, content_type = "text/plain"),
+        (status = 503, description = "the store does not answer or the broker is not connected", body = String, content_type = "text/plain"),
     ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    match state.store.modules() {
-        Ok(_) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable"),
+    if state.store.modules().is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
     }
+    if !state.counters.connected.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the MQTT broker",
+        );
+    }
+    (StatusCode::OK, "ready")
+}
+
+/// Prometheus metrics: nodes by status, rollouts by phase, telemetry ingest and acks, API
+/// latency by route, resident memory. Like every API read it needs a token (viewer is
+/// enough): give Prometheus one with `authorization: {credentials: …}`.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "OpenMetrics text", body = String,
+        content_type = "application/openmetrics-text")))]
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, wedge_shared::metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
 }

@@ -35,6 +35,7 @@ pub struct AppState {
     pub counters: Arc<Counters>,
     pub max_module_size: usize,
     pub identity: Option<Arc<crate::identity::Identity>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The description of the API: title, version, tags. Paths and schemas come from the
@@ -125,5 +126,9 @@ pub fn router(state: AppState, guard: Arc<auth::Guard>) -> Router {
         .fallback(|| async { error::ApiError::not_found("no such route; see /api/openapi.json") })
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
         .layer(axum::middleware::from_fn_with_state(guard, auth::check))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }

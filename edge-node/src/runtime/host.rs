@@ -64,6 +64,7 @@ pub struct HostContext {
     pub publish_prefixes: Vec<String>,
     pub publish_per_sec: u32,
     pub stats: Arc<Stats>,
+    pub metrics: crate::metrics::ModuleMetrics,
     pub events: EventSink,
 }
 
@@ -143,6 +144,7 @@ impl Host for HostState {
             .publish(topic, payload)
             .map_err(|e| e.to_string())?;
         self.ctx.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.to_local.inc();
         Ok(())
     }
 
@@ -152,6 +154,7 @@ impl Host for HostState {
             .append(&self.ctx.module, &stream, wedge_shared::now_ms(), &payload)
             .map_err(|e| e.to_string())?;
         self.ctx.stats.emitted.fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.to_uplink.inc();
         Ok(())
     }
 

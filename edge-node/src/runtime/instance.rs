@@ -222,6 +222,7 @@ impl Supervisor {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
             lock(&self.status).restarts += 1;
+            self.host.metrics.restarts.inc();
         }
     }
 
@@ -262,10 +263,19 @@ impl Supervisor {
                 Err(e) => return End::Failed(format!("instantiation failed: {e:#}")),
             };
         store.set_epoch_deadline(self.deadline_ticks());
-        match module.call_init(&mut store, &self.config.config) {
+        let started = Instant::now();
+        let init = module.call_init(&mut store, &self.config.config);
+        self.host
+            .metrics
+            .init_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match init {
             Ok(Ok(())) => {}
             Ok(Err(refused)) => return End::Failed(format!("init refused: {refused}")),
-            Err(trap) => return End::Failed(format!("trapped in init: {trap:#}")),
+            Err(trap) => {
+                self.host.metrics.traps.inc();
+                return End::Failed(format!("trapped in init: {trap:#}"));
+            }
         }
         self.set_state(ModuleState::Running);
         self.host
@@ -288,10 +298,19 @@ impl Supervisor {
                     now + period
                 });
                 store.set_epoch_deadline(self.deadline_ticks());
-                match module.call_on_tick(&mut store, wedge_shared::now_ms()) {
+                let started = Instant::now();
+                let tick = module.call_on_tick(&mut store, wedge_shared::now_ms());
+                self.host
+                    .metrics
+                    .tick_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                match tick {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => self.guest_error("tick", &error),
-                    Err(trap) => return End::Failed(format!("trapped on tick: {trap:#}")),
+                    Err(trap) => {
+                        self.host.metrics.traps.inc();
+                        return End::Failed(format!("trapped on tick: {trap:#}"));
+                    }
                 }
             }
             let wait = next_tick
@@ -315,7 +334,14 @@ impl Supervisor {
         msg: Message,
     ) -> Result<(), End> {
         store.set_epoch_deadline(self.deadline_ticks());
-        match module.call_on_message(&mut *store, &msg.topic, &msg.payload) {
+        self.host.metrics.messages_in.inc();
+        let started = Instant::now();
+        let result = module.call_on_message(&mut *store, &msg.topic, &msg.payload);
+        self.host
+            .metrics
+            .message_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(Ok(())) => {
                 self.host.stats.messages.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -324,10 +350,13 @@ impl Supervisor {
                 self.guest_error(&msg.topic, &error);
                 Ok(())
             }
-            Err(trap) => Err(End::Failed(format!(
-                "trapped on message from {}: {trap:#}",
-                msg.topic
-            ))),
+            Err(trap) => {
+                self.host.metrics.traps.inc();
+                Err(End::Failed(format!(
+                    "trapped on message from {}: {trap:#}",
+                    msg.topic
+                )))
+            }
         }
     }
 

@@ -23,7 +23,7 @@ pub mod identity;
 pub mod upload;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
@@ -48,6 +48,8 @@ pub enum Inbound {
 /// Counters of the uplink.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Whether the session is up (set on CONNACK, cleared when the connection is lost).
+    pub connected: AtomicBool,
     pub reconnects: AtomicU64,
     pub decode_errors: AtomicU64,
     pub dropped_inbound: AtomicU64,
@@ -102,7 +104,7 @@ impl UplinkClient {
         self.send(NodeTopic::Events, false, encode(event))
     }
 
-    pub fn counters(&self) -> &Counters {
+    pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
 }
@@ -207,6 +209,7 @@ impl Session {
         let mut connected = false;
         let mut renewal = Renewal::new(self.settings.tls.as_ref());
         loop {
+            self.counters.connected.store(connected, Ordering::Relaxed);
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = renewal.due(), if connected => {
@@ -325,6 +328,7 @@ impl Session {
                 }
             }
         }
+        self.counters.connected.store(false, Ordering::Relaxed);
         if connected {
             self.goodbye().await;
         }

@@ -21,6 +21,7 @@ mod link;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 impl std::fmt::Debug for Config {
@@ -86,6 +87,7 @@ pub enum Error {
 /// A running embedded broker.
 pub struct EmbeddedBroker {
     addr: SocketAddr,
+    running: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for EmbeddedBroker {
@@ -136,12 +138,15 @@ impl EmbeddedBroker {
             }
             None => None,
         };
+        let running = Arc::new(AtomicBool::new(true));
+        let alive = running.clone();
         std::thread::Builder::new()
             .name("mqtt-broker".into())
             .spawn(move || {
                 if let Err(e) = broker.start() {
                     tracing::error!(error = %e, "embedded broker stopped");
                 }
+                alive.store(false, Ordering::Relaxed);
             })
             .map_err(Error::Thread)?;
 
@@ -166,12 +171,17 @@ impl EmbeddedBroker {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok((Self { addr }, link))
+        Ok((Self { addr, running }, link))
     }
 
     /// The address the broker listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether the broker still runs (it has no shutdown: it stops only when it fails).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
     }
 }
 

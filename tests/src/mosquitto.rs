@@ -1,0 +1,116 @@
+//! Debian's Mosquitto as a third-party broker for tests: on a free loopback port, in a
+//! temporary directory, killed when dropped. `.ci/run` installs it (`mosquitto`,
+//! `mosquitto-clients`).
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::process::free_port;
+
+/// Where a Debian program is: on `PATH`, or in `/usr/sbin` (not on a user's `PATH`).
+pub fn program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+}
+
+/// Whether the Mosquitto broker and clients are installed; outside CI a test may skip
+/// without them, in CI (`CI` set) their absence is an error.
+pub fn available() -> anyhow::Result<bool> {
+    let present = ["mosquitto", "mosquitto_pub", "mosquitto_sub"]
+        .iter()
+        .all(|p| program(p).is_some());
+    anyhow::ensure!(
+        present || std::env::var_os("CI").is_none(),
+        "mosquitto and mosquitto-clients are not installed (.ci/run installs them)"
+    );
+    Ok(present)
+}
+
+/// A running Mosquitto.
+pub struct Mosquitto {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// The control plane's user name in [`Mosquitto::start`]'s password file.
+    pub const CONTROL_USER: &'static str = "wedge-control";
+    /// Its password.
+    pub const CONTROL_PASSWORD: &'static str = "wedge-test-control";
+
+    /// Starts one on a free loopback port with the topic rules of `deploy/mosquitto/acl`
+    /// and [`Self::CONTROL_USER`] in its password file; returns once it accepts connections.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/acl");
+        let passwords = dir.path().join("passwords");
+        let made = Command::new(
+            program("mosquitto_passwd").ok_or_else(|| anyhow::anyhow!("no mosquitto_passwd"))?,
+        )
+        .args(["-c", "-b"])
+        .arg(&passwords)
+        .args([Self::CONTROL_USER, Self::CONTROL_PASSWORD])
+        .status()?;
+        anyhow::ensure!(made.success(), "mosquitto_passwd: {made}");
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npassword_file {}\nacl_file {}\n\
+                 persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+                addr.port(),
+                passwords.display(),
+                acl.display(),
+            ),
+        )?;
+        let program = program("mosquitto").ok_or_else(|| anyhow::anyhow!("no mosquitto"))?;
+        let child = Command::new(program)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .spawn()?;
+        let mut me = Self {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(status) = me.child.try_wait()? {
+                anyhow::bail!("mosquitto exited at start: {status}");
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "mosquitto not listening on {addr}"
+            );
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+
+    /// `mqtt://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("mqtt://{}", self.addr)
+    }
+
+    /// Stops it (SIGKILL: a broker that vanishes).
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,101 @@
+//! The ARM64 build (`deploy/build-arm64`: static aarch64-unknown-linux-musl) runs under
+//! qemu-aarch64-static against a control plane on this (x86-64) machine: it enrolls, reports
+//! arch `aarch64`, fetches a module, compiles it for ARM64 and acts on a device's messages.
+//!
+//! `.ci/run` builds the binary first. Outside CI, without the binary, the test says how to
+//! build it and passes; in CI (`CI` set) a missing binary or emulator fails it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use wedge_tests::process::{Proc, free_port};
+use wedge_tests::{ControlPlane, Device};
+
+/// Emulated, the node compiles modules an order of magnitude slower.
+const DEADLINE: Duration = Duration::from_secs(300);
+
+fn arm64_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("WEDGE_ARM64_NODE") {
+        return Ok(PathBuf::from(path));
+    }
+    // target/debug/deps/<test> → target/
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .ok_or_else(|| anyhow::anyhow!("unexpected test path {}", exe.display()))?;
+    Ok(target.join("aarch64-unknown-linux-musl/edge/wedge-node"))
+}
+
+fn qemu() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("qemu-aarch64-static"))
+            .find(|p| p.exists())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn arm64_node_runs_a_module_under_qemu() -> anyhow::Result<()> {
+    let binary = arm64_binary()?;
+    let (true, Some(qemu)) = (binary.exists(), qemu()) else {
+        let what = format!(
+            "needs {} (deploy/build-arm64) and qemu-aarch64-static (Debian: qemu-user-static)",
+            binary.display()
+        );
+        anyhow::ensure!(std::env::var_os("CI").is_none(), "{what}");
+        eprintln!("skipped: {what}");
+        return Ok(());
+    };
+    let cp = ControlPlane::start().await?;
+    let enrollment = cp
+        .enrollment
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("TLS is on"))?;
+    let dir = tempfile::tempdir()?;
+    let local: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut cmd = Command::new(qemu);
+    cmd.arg(&binary);
+    let _node = Proc::node_with(
+        cmd,
+        "arm-1",
+        &dir.path().join("node"),
+        cp.mqtt_addr,
+        local,
+        &enrollment,
+    )?;
+
+    let node = cp.api.wait_status("arm-1", "online", DEADLINE).await?;
+    assert_eq!(node["arch"], "aarch64", "{node}");
+
+    cp.api.upload_module("threshold-alert", "1").await?;
+    let (status, body) = cp
+        .api
+        .post_json(
+            "/api/v1/deployments",
+            &json!({"name": "alert", "module": "threshold-alert@1", "nodes": ["arm-1"],
+                    "subscriptions": ["sensors/#"],
+                    "config": {"threshold": 50, "alert_topic": "alerts/temp"}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    cp.api
+        .wait_module_state("arm-1", "alert", "running", DEADLINE)
+        .await?;
+
+    let mut device = Device::connect(local, "sensor", &["alerts/#"]).await?;
+    device.publish("sensors/temp", b"10").await?;
+    device.publish("sensors/temp", b"72").await?;
+    let (topic, payload) = device.recv(DEADLINE).await?;
+    assert_eq!(topic, "alerts/temp");
+    let alert: serde_json::Value = serde_json::from_slice(&payload)?;
+    assert_eq!(
+        alert,
+        json!({"topic": "sensors/temp", "value": 72.0, "threshold": 50.0})
+    );
+    cp.stop().await;
+    Ok(())
+}
