@@ -185,6 +185,7 @@ impl Agent {
             }
             Inbound::Blob(BlobReply::NotFound { digest }) => {
                 tracing::warn!(%digest, "the control plane has no such blob");
+                self.fetcher.not_found(&digest, Instant::now());
                 self.mark_waiting_digest(
                     &digest,
                     ModuleState::Fetching,
