@@ -117,7 +117,9 @@ impl Buffer {
                 size: payload.len(),
             });
         }
-        if validate_id(stream).is_err() {
+        // The node's own `$log` stream is the one name outside the id alphabet (modules
+        // cannot emit on it: the host refuses `$` streams before they get here).
+        if validate_id(stream).is_err() && stream != wedge_shared::messages::LOG_STREAM {
             return Err(Error::BadStream(stream.to_string()));
         }
         // One lock orders sequence numbers with their writes.

@@ -247,6 +247,11 @@ pub struct BlobRequest {
     pub max_chunks: u32,
 }
 
+/// The telemetry stream module log lines travel on (info and above): buffered on the node
+/// and delivered once like any telemetry. Payload: JSON `{"level": "...", "message": "..."}`.
+/// Streams starting with `$` are reserved: modules cannot emit on them.
+pub const LOG_STREAM: &str = "$log";
+
 /// Size of one blob chunk: well below every MQTT packet limit we configure.
 pub const BLOB_CHUNK_SIZE: usize = 64 * 1024;
 

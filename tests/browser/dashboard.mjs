@@ -1,6 +1,6 @@
 // Loads the dashboard of a running control plane in headless Chromium and checks what a
 // person would see: the fleet summary, the nodes table with its filter and search, a node's
-// detail page (modules, backlog, telemetry chart, events) and a deployment's rollout.
+// detail page (modules, backlog, telemetry chart, events, module logs) and a deployment's rollout.
 //
 //   node dashboard.mjs <base-url> <screenshot-dir>
 //
@@ -76,6 +76,10 @@ await step("its telemetry is charted", async () => {
 await step("its backlog and events are shown", async () => {
   await expectText(page.getByTestId("backlog"), /records/);
   await expectText(page.getByTestId("events").locator("tr"), /module_started/);
+});
+
+await step("its modules' log lines are shown", async () => {
+  await expectText(page.getByTestId("logs").locator("tr"), /temperature-alert\s*info\s*threshold-alert ready/);
 });
 
 await screenshot("dashboard-node.png");

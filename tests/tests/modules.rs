@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use wedge_shared::messages::LOG_STREAM;
 use wedge_tests::{ControlPlane, Device, Node, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -205,21 +206,28 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
             && has("node_online", None)
             && has("module_started", Some("good"))
             && has("module_failed", Some("trap-message"))
-            && has("module_log", Some("good"))
             && has("node_degraded", None))
         .then_some(events)
     })
     .await?;
-    let log = events
+    assert!(!events.is_empty());
+    // Module log lines travel as the node's `$log` telemetry stream: buffered, delivered once.
+    let logs = wait_for("the good module's log line upstream", DEADLINE, || async {
+        let logs = cp.api.telemetry("edge", Some(LOG_STREAM)).await.ok()?;
+        logs.iter().any(|l| l["module"] == "good").then_some(logs)
+    })
+    .await?;
+    let log = logs
         .iter()
-        .find(|e| e["kind"] == "module_log" && e["module"] == "good")
+        .find(|l| l["module"] == "good")
         .expect("found above");
-    assert_eq!(log["level"], "info");
+    assert_eq!(log["payload"]["level"], "info");
     assert!(
-        log["message"]
+        log["payload"]["message"]
             .as_str()
             .unwrap_or("")
-            .contains("threshold-alert ready")
+            .contains("threshold-alert ready"),
+        "{log}"
     );
     Ok(())
 }

@@ -283,10 +283,11 @@ function chart(records) {
 
 async function nodeDetail(gen, id) {
   const enc = encodeURIComponent(id);
-  const [n, events, telemetry] = await Promise.all([
+  const [n, events, telemetry, logs] = await Promise.all([
     api(`/api/v1/nodes/${enc}`),
     api(`/api/v1/nodes/${enc}/events`),
     api(`/api/v1/nodes/${enc}/telemetry?newest=true&limit=200`),
+    api(`/api/v1/nodes/${enc}/telemetry?newest=true&limit=50&stream=%24log`),
   ]);
   if (gen !== state.generation) return null;
   const r = n.resources || {};
@@ -313,6 +314,12 @@ async function nodeDetail(gen, id) {
         h("td", {}, String(m.stats.published)), h("td", {}, String(m.stats.emitted)),
         h("td", { class: "reason" }, m.last_error || ""))), { "data-testid": "modules" })
     : h("p", { class: "muted" }, "No modules.");
+  // Module log lines are the reserved `$log` stream; the chart shows the modules' own streams.
+  const data = telemetry.filter((r) => !r.stream.startsWith("$"));
+  const logRows = logs.slice().reverse().map((r) => h("tr", {},
+    h("td", {}, when(r.timestamp)), h("td", {}, r.module),
+    h("td", {}, (r.payload && r.payload.level) || ""),
+    h("td", { class: "reason" }, (r.payload && r.payload.message) || "")));
   const eventRows = events.slice().reverse().slice(0, 100).map((e) => h("tr", {},
     h("td", {}, when(e.time)), h("td", {}, e.kind), h("td", {}, e.module || ""),
     h("td", { class: "reason" }, [e.level ? `[${e.level}] ` : "", e.message || ""].join(""))));
@@ -322,7 +329,8 @@ async function nodeDetail(gen, id) {
     n.status !== "online" ? h("p", { class: "reason", "data-testid": "node-reason" }, `${n.reason || ""} · since `, when(n.since)) : h("p", { class: "muted" }, "online since ", when(n.since)),
     h("div", { class: "grid" }, section("Node", facts), section("Telemetry backlog", backlog)),
     section("Modules", modules),
-    section("Recent telemetry", chart(telemetry)),
+    section("Recent telemetry", chart(data)),
+    section("Module logs", logRows.length ? table(["When", "Module", "Level", "Message"], logRows, { "data-testid": "logs" }) : h("p", { class: "muted" }, "No module logs.")),
     section("Events", eventRows.length ? table(["When", "Event", "Module", "Message"], eventRows, { "data-testid": "events" }) : h("p", { class: "muted" }, "No events.")),
   ];
 }

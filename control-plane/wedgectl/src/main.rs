@@ -81,6 +81,16 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         tail: usize,
     },
+    /// Print the log lines a node's modules wrote (info and above)
+    Logs {
+        node: String,
+        /// Keep printing new lines as they arrive
+        #[arg(long, short)]
+        follow: bool,
+        /// How many of the newest lines to print first
+        #[arg(long, default_value_t = 50)]
+        tail: usize,
+    },
     /// Print a node's recent events
     Events { node: String },
     /// Publisher keys for signing modules
@@ -243,6 +253,10 @@ async fn main() -> ExitCode {
             follow,
             tail,
         } => commands::telemetry::show(&client, out, &node, stream.as_deref(), follow, tail).await,
+        Command::Logs { node, follow, tail } => {
+            let stream = Some(commands::telemetry::LOG_STREAM);
+            commands::telemetry::show(&client, out, &node, stream, follow, tail).await
+        }
         Command::Events { node } => commands::telemetry::events(&client, out, &node).await,
         Command::EnrollToken(EnrollTokenCommand::Create { name, uses, ttl }) => {
             commands::identity::create_token(&client, out, &name, uses, ttl).await

@@ -263,6 +263,28 @@ async fn an_operator_lists_pushes_deploys_and_follows_a_rollout() -> anyhow::Res
         "{events}"
     );
 
+    // logs: what a module wrote with host::log, delivered through the telemetry buffer.
+    cp.api.upload_module("threshold-alert", "1").await?;
+    cp.api
+        .deploy(
+            &serde_json::json!({"name": "alert", "module": "threshold-alert@1",
+            "nodes": ["berlin-1"], "subscriptions": ["alarms/#"],
+            "config": {"threshold": 1, "alert_topic": "out/alert"}}),
+        )
+        .await?;
+    let logs = wedge_tests::wait_for(
+        "wedgectl logs to show the module's line",
+        DEADLINE,
+        || async {
+            let logs = ok(&api, &["logs", "berlin-1"]).await;
+            let logs = logs.ok()?;
+            logs.contains("alert  [info] threshold-alert ready")
+                .then_some(logs)
+        },
+    )
+    .await?;
+    ensure!(!logs.contains("stats "), "only log lines: {logs}");
+
     // Enrollment tokens and revocation.
     let created = ok(
         &api,

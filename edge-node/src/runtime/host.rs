@@ -12,7 +12,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wedge_broker::LocalPublisher;
-use wedge_shared::messages::EventKind;
+use wedge_shared::messages::LOG_STREAM;
 use wedge_shared::topics::validate_topic;
 
 use super::bindings::wedge::module::host::{Host, Level};
@@ -26,6 +26,8 @@ const RESERVED_PREFIXES: &[&str] = &["wedge/", "$"];
 /// Log lines a module may write per second, and in a burst.
 const LOG_RATE: u32 = 20;
 const LOG_BURST: u32 = 100;
+/// Longest module log line sent upstream, bytes (longer ones are cut).
+const MAX_LOG_LINE: usize = 4096;
 
 /// Counters of one instance, kept across its restarts.
 #[derive(Debug, Default)]
@@ -149,6 +151,11 @@ impl Host for HostState {
     }
 
     fn emit(&mut self, stream: String, payload: Vec<u8>) -> Result<(), String> {
+        if stream.starts_with('$') {
+            return Err(format!(
+                "stream {stream:?}: names starting with $ are reserved"
+            ));
+        }
         self.ctx
             .buffer
             .append(&self.ctx.module, &stream, wedge_shared::now_ms(), &payload)
@@ -202,15 +209,29 @@ impl Host for HostState {
             Level::Warn => tracing::warn!(module, "{message}"),
             Level::Error => tracing::error!(module, "{message}"),
         }
-        // Debug and trace lines stay local: they are for whoever reads the node's log.
+        // Debug and trace lines stay local: they are for whoever reads the node's log. The
+        // rest goes upstream through the telemetry buffer: kept on disk while the uplink is
+        // down, delivered once, readable as the node's `$log` stream.
         if matches!(level, Level::Info | Level::Warn | Level::Error) {
-            self.ctx.events.send(
-                Some(module),
-                EventKind::ModuleLog {
-                    level: name.into(),
-                    message,
-                },
-            );
+            let mut message = message;
+            if message.len() > MAX_LOG_LINE {
+                let mut cut = MAX_LOG_LINE;
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                message.truncate(cut);
+                message.push('…');
+            }
+            let line = serde_json::json!({"level": name, "message": message});
+            if let Err(e) = self.ctx.buffer.append(
+                module,
+                LOG_STREAM,
+                wedge_shared::now_ms(),
+                line.to_string().as_bytes(),
+            ) {
+                self.ctx.stats.logs_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(module, error = %e, "module log line not buffered");
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `wedgectl telemetry NODE` and `wedgectl events NODE`.
+//! `wedgectl telemetry NODE`, `wedgectl logs NODE` (the `$log` stream) and
+//! `wedgectl events NODE`.
 
 use std::time::Duration;
 
@@ -7,6 +8,8 @@ use serde_json::Value;
 use crate::client::{Client, segment};
 use crate::output::{self, Format, age, text};
 use crate::{Failure, Result};
+
+pub use wedge_shared::messages::LOG_STREAM;
 
 const POLL: Duration = Duration::from_secs(1);
 const PAGE: usize = 1000;
@@ -22,6 +25,13 @@ fn query(node: &str, stream: Option<&str>, rest: &str) -> String {
 fn print_record(out: Format, r: &Value) {
     match out {
         Format::Json => println!("{r}"),
+        Format::Table if r["stream"] == LOG_STREAM => println!(
+            "{}  {}  [{}] {}",
+            text(&r["timestamp"]),
+            text(&r["module"]),
+            text(&r["payload"]["level"]),
+            text(&r["payload"]["message"])
+        ),
         Format::Table => {
             let payload = if r["payload"].is_null() {
                 format!("base64:{}", text(&r["payload_base64"]))
