@@ -31,6 +31,9 @@ pub struct App;
 /// A started control plane.
 #[derive(Debug)]
 pub struct Running {
+    /// The configuration in force; SIGHUP's changes go to the tasks through `tunables`.
+    config: Arc<std::sync::Mutex<Config>>,
+    tunables: Arc<tokio::sync::watch::Sender<Config>>,
     api_addr: SocketAddr,
     mqtt_addr: SocketAddr,
     lifecycle: Lifecycle,
@@ -158,17 +161,9 @@ impl App {
         };
         tracker.spawn(session.run(ctx, shutdown.clone()));
         tracker.spawn(rollouts.clone().run(shutdown.clone()));
-        tracker.spawn(sweep(
-            fleet.clone(),
-            config.heartbeat_timeout(),
-            shutdown.clone(),
-        ));
-        tracker.spawn(retention(
-            store.clone(),
-            Duration::from_secs(config.telemetry_retention_secs),
-            config.telemetry_max_bytes,
-            shutdown.clone(),
-        ));
+        let (tunables, tunables_rx) = tokio::sync::watch::channel(config.clone());
+        tracker.spawn(sweep(fleet.clone(), tunables_rx.clone(), shutdown.clone()));
+        tracker.spawn(retention(store.clone(), tunables_rx, shutdown.clone()));
 
         let tokens = if config.auth.enabled {
             let tokens = crate::auth::Tokens::load(&config.data_dir)
@@ -220,6 +215,8 @@ impl App {
         });
         tracing::info!(api = %api_addr, mqtt = %mqtt_addr, "control plane started");
         Ok(Running {
+            config: Arc::new(std::sync::Mutex::new(config)),
+            tunables: Arc::new(tunables),
             api_addr,
             mqtt_addr,
             lifecycle,
@@ -229,28 +226,44 @@ impl App {
     }
 }
 
-/// Marks nodes offline whose heartbeats are overdue.
-async fn sweep(fleet: Arc<Fleet>, timeout: Duration, shutdown: CancellationToken) {
+/// Marks nodes offline whose heartbeats are overdue (`heartbeat_timeout_secs`, as reloaded).
+async fn sweep(
+    fleet: Arc<Fleet>,
+    config: tokio::sync::watch::Receiver<Config>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let timeout = config.borrow().heartbeat_timeout();
         if let Err(e) = fleet.sweep(now_ms(), timeout.as_millis() as u64) {
             tracing::warn!(error = %e, "offline sweep failed");
         }
     }
 }
 
-/// Deletes telemetry past its retention, once a minute.
-async fn retention(store: Store, age: Duration, max_bytes: u64, shutdown: CancellationToken) {
+/// Deletes telemetry past its retention (as reloaded), once a minute.
+async fn retention(
+    store: Store,
+    config: tokio::sync::watch::Receiver<Config>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let (age, max_bytes) = {
+            let c = config.borrow();
+            (
+                Duration::from_secs(c.telemetry_retention_secs),
+                c.telemetry_max_bytes,
+            )
+        };
         let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
         let store = store.clone();
         match tokio::task::spawn_blocking(move || store.prune_telemetry(cutoff, max_bytes)).await {
@@ -302,8 +315,34 @@ impl Running {
 }
 
 impl Service for Running {
+    type Config = Config;
+
     fn shutdown_token(&self) -> CancellationToken {
         self.lifecycle.token()
+    }
+
+    fn reloader(&self) -> impl Fn(Config) + Send + 'static {
+        let current = self.config.clone();
+        let tunables = self.tunables.clone();
+        move |new: Config| {
+            let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+            let restart = new.needs_restart(&current);
+            let mut applied = current.clone();
+            applied.heartbeat_timeout_secs = new.heartbeat_timeout_secs;
+            applied.telemetry_retention_secs = new.telemetry_retention_secs;
+            applied.telemetry_max_bytes = new.telemetry_max_bytes;
+            applied.log_level = new.log_level;
+            tunables.send_replace(applied.clone());
+            tracing::info!(
+                heartbeat_timeout_secs = applied.heartbeat_timeout_secs,
+                telemetry_retention_secs = applied.telemetry_retention_secs,
+                log_level = applied.log_level.as_deref().unwrap_or("default"),
+                "configuration reloaded: log level, heartbeat timeout and telemetry retention \
+                 applied"
+            );
+            wedge_shared::process::warn_needs_restart(&restart);
+            *current = applied;
+        }
     }
 
     async fn wait(self) {

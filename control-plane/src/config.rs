@@ -39,6 +39,35 @@ pub struct Config {
     /// Who may use the API.
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    /// Log filter (`info`, `warn,wedge_control_plane=debug`, …); `RUST_LOG` wins over it.
+    pub log_level: Option<String>,
+}
+
+impl wedge_shared::process::ServiceConfig for Config {
+    fn log_level(&self) -> Option<&str> {
+        self.log_level.as_deref()
+    }
+}
+
+impl Config {
+    /// The settings that differ from `old` and take effect only after a restart (the rest —
+    /// log level, heartbeat timeout, telemetry retention — a SIGHUP applies at once).
+    pub fn needs_restart(&self, old: &Config) -> Vec<&'static str> {
+        wedge_shared::changed_fields!(
+            self,
+            old,
+            data_dir,
+            api_listen,
+            mqtt_listen,
+            mqtt_broker,
+            mqtt_broker_username,
+            mqtt_broker_password_file,
+            max_module_size,
+            mqtt_max_payload,
+            auth,
+            tls,
+        )
+    }
 }
 
 /// TLS and node certificates on the broker.
@@ -103,6 +132,7 @@ impl Default for Config {
             telemetry_max_bytes: 1024 * 1024 * 1024,
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            log_level: None,
         }
     }
 }

@@ -32,6 +32,9 @@ struct Cli {
     /// File with the external broker's password.
     #[arg(long, env = "WEDGE_MQTT_BROKER_PASSWORD_FILE")]
     mqtt_broker_password_file: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `warn,wedge=debug` [default: info]; `RUST_LOG` wins.
+    #[arg(long, env = "WEDGE_LOG_LEVEL")]
+    log_level: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -127,6 +130,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     {
         config.mqtt_broker_password_file = Some(v.clone());
     }
+    if let Some(v) = &cli.log_level {
+        config.log_level = Some(v.clone());
+    }
     config.validate()?;
     Ok(config)
 }
@@ -145,5 +151,6 @@ async fn main() -> ExitCode {
         };
     }
     wedge_shared::process::init(&cli.log_format);
-    wedge_shared::process::run_service("wedge-control", config(&cli), App::start).await
+    // SIGHUP reloads by loading again: the file, the environment and these flags.
+    wedge_shared::process::run_service("wedge-control", move || config(&cli), App::start).await
 }

@@ -155,3 +155,91 @@ fn token_commands_create_list_and_revoke() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no token with id"));
 }
+
+#[test]
+fn sighup_reloads_what_it_can_and_names_what_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("control.toml");
+    let write = |text: &str| std::fs::write(&config, text).unwrap();
+    write(
+        "api_listen = \"127.0.0.1:0\"\nmqtt_listen = \"127.0.0.1:0\"\nheartbeat_timeout_secs = 15\n",
+    );
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_line = |what: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line with {what:?}"));
+            if line.contains(what) {
+                return line;
+            }
+        }
+    };
+    wait_line("control plane started");
+    let hup = || {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+
+    // A reloadable change and one that needs a restart.
+    write(
+        "api_listen = \"127.0.0.1:1\"\nmqtt_listen = \"127.0.0.1:0\"\nheartbeat_timeout_secs = 3\n\
+         log_level = \"debug\"\n",
+    );
+    hup();
+    let line: serde_json::Value =
+        serde_json::from_str(&wait_line("configuration reloaded")).unwrap();
+    assert_eq!(line["fields"]["heartbeat_timeout_secs"], 3, "{line}");
+    assert_eq!(line["fields"]["log_level"], "debug", "{line}");
+    let line: serde_json::Value = serde_json::from_str(&wait_line("only after a restart")).unwrap();
+    assert_eq!(line["fields"]["settings"], "api_listen", "{line}");
+
+    // A configuration that does not validate is refused; the process goes on.
+    write("heartbeat_timeout_secs = 0\n");
+    hup();
+    let line = wait_line("configuration refused");
+    assert!(
+        line.contains("heartbeat_timeout_secs must be at least 1"),
+        "{line}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+}

@@ -43,6 +43,14 @@ pub struct Identity {
     pub trusted_publishers: Vec<[u8; 32]>,
 }
 
+/// What a SIGHUP may change while the agent runs.
+#[derive(Debug, Clone)]
+pub struct Tunables {
+    pub heartbeat_interval: Duration,
+    /// Defaults for module instances started from now on.
+    pub limits: ModuleLimits,
+}
+
 /// The reconciling agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -55,6 +63,7 @@ pub struct Agent {
     routes: RouteTable,
     uplink: UplinkClient,
     metrics: Arc<crate::metrics::Metrics>,
+    tunables: tokio::sync::watch::Receiver<Tunables>,
     changed: Arc<Notify>,
     instances: BTreeMap<String, (ModuleSpec, Instance)>,
     /// Modules that are wanted but not running an instance: fetching or unusable.
@@ -75,6 +84,7 @@ pub struct Wiring {
     pub routes: RouteTable,
     pub uplink: UplinkClient,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub tunables: tokio::sync::watch::Receiver<Tunables>,
 }
 
 impl Agent {
@@ -88,6 +98,7 @@ impl Agent {
             routes,
             uplink,
             metrics,
+            tunables,
         } = wiring;
         Self {
             identity,
@@ -99,6 +110,7 @@ impl Agent {
             routes,
             uplink,
             metrics,
+            tunables,
             changed: Arc::new(Notify::new()),
             instances: BTreeMap::new(),
             waiting: BTreeMap::new(),
@@ -130,9 +142,18 @@ impl Agent {
         let mut heartbeat = tokio::time::interval(self.identity.heartbeat_interval);
         let mut fetch_check = tokio::time::interval(Duration::from_secs(1));
         let changed = self.changed.clone();
+        let mut tunables = self.tunables.clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                Ok(()) = tunables.changed() => {
+                    let t = tunables.borrow_and_update().clone();
+                    if t.heartbeat_interval != self.identity.heartbeat_interval {
+                        heartbeat = tokio::time::interval(t.heartbeat_interval);
+                    }
+                    self.identity.heartbeat_interval = t.heartbeat_interval;
+                    self.identity.limits = t.limits;
+                }
                 msg = inbound.recv() => match msg {
                     Some(msg) => self.on_inbound(msg).await,
                     None => break,

@@ -32,6 +32,9 @@ pub struct App;
 pub struct Running {
     local_mqtt_addr: SocketAddr,
     http_addr: SocketAddr,
+    /// The configuration in force, and where SIGHUP's changes go.
+    config: std::sync::Arc<std::sync::Mutex<Config>>,
+    tunables: std::sync::Arc<tokio::sync::watch::Sender<crate::agent::Tunables>>,
     lifecycle: Lifecycle,
     buffer: crate::buffer::Buffer,
 }
@@ -109,6 +112,7 @@ impl App {
             buffer.clone(),
             uplink_counters.clone(),
         ));
+        let (tunables, tunables_rx) = tokio::sync::watch::channel(config.tunables());
         let mut agent = Agent::new(
             Identity {
                 node_id: config.node_id.clone(),
@@ -128,6 +132,7 @@ impl App {
                 routes: routes.clone(),
                 uplink: client.clone(),
                 metrics: metrics.clone(),
+                tunables: tunables_rx,
             },
         );
         // Routes are in place before the first message is read: nothing is missed.
@@ -171,6 +176,8 @@ impl App {
         Ok(Running {
             local_mqtt_addr,
             http_addr,
+            config: std::sync::Arc::new(std::sync::Mutex::new(config)),
+            tunables: std::sync::Arc::new(tunables),
             lifecycle,
             buffer,
         })
@@ -209,8 +216,33 @@ impl Running {
 }
 
 impl Service for Running {
+    type Config = Config;
+
     fn shutdown_token(&self) -> CancellationToken {
         self.lifecycle.token()
+    }
+
+    fn reloader(&self) -> impl Fn(Config) + Send + 'static {
+        let current = self.config.clone();
+        let tunables = self.tunables.clone();
+        move |new: Config| {
+            let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+            let restart = new.needs_restart(&current);
+            tunables.send_replace(new.tunables());
+            tracing::info!(
+                heartbeat_interval_secs = new.heartbeat_interval_secs,
+                log_level = new.log_level.as_deref().unwrap_or("default"),
+                "configuration reloaded: log level, heartbeat interval and module limits \
+                 (for modules started from now on) applied"
+            );
+            wedge_shared::process::warn_needs_restart(&restart);
+            // What runs is the old value for those until the restart.
+            let mut applied = current.clone();
+            applied.heartbeat_interval_secs = new.heartbeat_interval_secs;
+            applied.limits = new.limits;
+            applied.log_level = new.log_level;
+            *current = applied;
+        }
     }
 
     async fn wait(self) {

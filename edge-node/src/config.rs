@@ -51,6 +51,46 @@ pub struct Config {
     pub trusted_publishers: Vec<String>,
     /// Who may use the local broker.
     pub devices: crate::devices::DevicesConfig,
+    /// Log filter (`info`, `warn,wedge_edge_node=debug`, …); `RUST_LOG` wins over it.
+    pub log_level: Option<String>,
+}
+
+impl wedge_shared::process::ServiceConfig for Config {
+    fn log_level(&self) -> Option<&str> {
+        self.log_level.as_deref()
+    }
+}
+
+impl Config {
+    /// What a SIGHUP can change in a running node.
+    pub fn tunables(&self) -> crate::agent::Tunables {
+        crate::agent::Tunables {
+            heartbeat_interval: self.heartbeat_interval(),
+            limits: self.limits.clone(),
+        }
+    }
+
+    /// The settings that differ from `old` and take effect only after a restart.
+    pub fn needs_restart(&self, old: &Config) -> Vec<&'static str> {
+        wedge_shared::changed_fields!(
+            self,
+            old,
+            node_id,
+            data_dir,
+            control_plane,
+            local_mqtt_listen,
+            http_listen,
+            labels,
+            keep_alive_secs,
+            max_module_size,
+            buffer_bytes,
+            flush_interval_ms,
+            buffer_full,
+            buffer_ttl_secs,
+            trusted_publishers,
+            devices,
+        )
+    }
 }
 
 /// Smallest memory limit a module may have: a Rust guest starts at ~1.1 MB.
@@ -105,6 +145,7 @@ impl Default for Config {
             limits: ModuleLimits::default(),
             trusted_publishers: Vec::new(),
             devices: Default::default(),
+            log_level: None,
         }
     }
 }
@@ -196,6 +237,23 @@ pub fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reload_names_what_needs_a_restart() {
+        let old = Config::default();
+        let mut new = Config {
+            heartbeat_interval_secs: 1,
+            log_level: Some("debug".into()),
+            ..Config::default()
+        };
+        new.limits.queue = 7;
+        assert!(new.needs_restart(&old).is_empty(), "all reloadable");
+        assert_eq!(new.tunables().heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(new.tunables().limits.queue, 7);
+        new.local_mqtt_listen = "127.0.0.1:1".parse().unwrap();
+        new.labels.insert("a".into(), "b".into());
+        assert_eq!(new.needs_restart(&old), ["local_mqtt_listen", "labels"]);
+    }
+
     use super::*;
 
     #[test]

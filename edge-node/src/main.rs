@@ -41,6 +41,9 @@ struct Cli {
     /// Labels, `k=v,k2=v2` (replace those of the config file).
     #[arg(long, env = "WEDGE_LABELS")]
     labels: Option<String>,
+    /// Log filter, e.g. `info` or `warn,wedge=debug` [default: info]; `RUST_LOG` wins.
+    #[arg(long, env = "WEDGE_LOG_LEVEL")]
+    log_level: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -105,6 +108,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(v) = &cli.labels {
         config.labels = parse_labels(v)?;
     }
+    if let Some(v) = &cli.log_level {
+        config.log_level = Some(v.clone());
+    }
     config.validate()?;
     Ok(config)
 }
@@ -116,5 +122,6 @@ async fn main() -> ExitCode {
         return hash_password();
     }
     wedge_shared::process::init(&cli.log_format);
-    wedge_shared::process::run_service("wedge-node", config(&cli), App::start).await
+    // SIGHUP reloads by loading again: the file, the environment and these flags.
+    wedge_shared::process::run_service("wedge-node", move || config(&cli), App::start).await
 }

@@ -1,21 +1,63 @@
 //! Process plumbing both binaries share (feature `process`): tracing output and shutdown
 //! signals. Not part of the protocol; kept here so the two `main`s do not repeat it.
 
-/// Installs the tracing subscriber: human text, or JSON lines. The level comes from
-/// `RUST_LOG` (default `info`, rumqttd at `warn`); colours only on a terminal.
+use std::sync::OnceLock;
+
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
+
+/// rumqttd logs every accepted connection at info; that is noise at fleet scale.
+const DEFAULT_LEVEL: &str = "info,rumqttd=warn";
+
+/// The live log filter, changed by [`set_log_level`] (on start and on SIGHUP).
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Installs the tracing subscriber: human text, or JSON lines; colours only on a terminal.
+/// The level is `RUST_LOG` when set, else the configuration's `log_level` (applied by
+/// [`run_service`]), else `info`.
 pub fn init(format: &str) {
-    // rumqttd logs every accepted connection at info; that is noise at fleet scale.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LEVEL));
+    let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    if format == "json" {
-        builder.json().init();
+    let output = if format == "json" {
+        tracing_subscriber::fmt::layer().json().boxed()
     } else {
-        builder.init();
+        tracing_subscriber::fmt::layer().with_ansi(ansi).boxed()
+    };
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init()
+        .is_ok()
+    {
+        let _ = FILTER.set(handle);
     }
+}
+
+/// Sets the log filter (`info`, `warn,wedge_edge_node=debug`, …) unless `RUST_LOG` is set,
+/// which wins. `None` means the default.
+pub fn set_log_level(level: Option<&str>) -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(());
+    }
+    let filter = EnvFilter::try_new(level.unwrap_or(DEFAULT_LEVEL))
+        .map_err(|e| anyhow::anyhow!("log_level {level:?}: {e}"))?;
+    if let Some(handle) = FILTER.get() {
+        handle
+            .reload(filter)
+            .map_err(|e| anyhow::anyhow!("cannot change the log level: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks a `log_level` value without applying it.
+pub fn check_log_level(level: Option<&str>) -> anyhow::Result<()> {
+    if let Some(level) = level {
+        EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("log_level {level:?}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -104,30 +146,75 @@ impl Lifecycle {
     }
 }
 
+/// The names of the `fields` whose values differ between two configurations (compared by
+/// their `Debug` form, so field types need no `PartialEq`): what a reload changed that only
+/// a restart applies.
+#[macro_export]
+macro_rules! changed_fields {
+    ($new:expr, $old:expr, $($field:ident),* $(,)?) => {{
+        let mut changed: Vec<&'static str> = Vec::new();
+        $(
+            if format!("{:?}", $new.$field) != format!("{:?}", $old.$field) {
+                changed.push(stringify!($field));
+            }
+        )*
+        changed
+    }};
+}
+
+/// Logs the settings a reload changed that take effect only after a restart.
+pub fn warn_needs_restart(settings: &[&str]) {
+    if !settings.is_empty() {
+        tracing::warn!(
+            settings = settings.join(", "),
+            "changed settings that take effect only after a restart"
+        );
+    }
+}
+
+/// A configuration [`run_service`] can load, and reload on SIGHUP.
+pub trait ServiceConfig: Send + 'static {
+    /// The configured log filter (`RUST_LOG` wins over it).
+    fn log_level(&self) -> Option<&str>;
+}
+
 /// A started service a `main` can wait on.
 pub trait Service: Sized {
+    type Config: ServiceConfig;
     fn shutdown_token(&self) -> tokio_util::sync::CancellationToken;
     fn wait(self) -> impl std::future::Future<Output = ()> + Send;
+    /// What applies a reloaded configuration to the running service: it changes what can
+    /// change safely and logs what needs a restart.
+    fn reloader(&self) -> impl Fn(Self::Config) + Send + 'static;
 }
 
 /// The body of a binary's `main` after flag parsing: refuse a bad configuration with
-/// [`EXIT_CONFIG`] before anything binds, start, stop on SIGINT/SIGTERM, drain.
+/// [`EXIT_CONFIG`] before anything binds, start, reload on SIGHUP (`load` again: file,
+/// environment and flags; a configuration that does not validate is refused and the running
+/// one kept), stop on SIGINT/SIGTERM, drain.
 pub async fn run_service<C, S, F>(
-    bin: &str,
-    config: anyhow::Result<C>,
+    bin: &'static str,
+    load: impl Fn() -> anyhow::Result<C> + Send + 'static,
     start: impl FnOnce(C) -> F,
 ) -> std::process::ExitCode
 where
-    S: Service,
+    C: ServiceConfig,
+    S: Service<Config = C>,
     F: std::future::Future<Output = anyhow::Result<S>>,
 {
-    let config = match config {
+    let config = match load().and_then(|c| {
+        check_log_level(c.log_level())?;
+        Ok(c)
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{bin}: invalid configuration: {e:#}");
             return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = set_log_level(config.log_level()) {
+        tracing::warn!("{e:#}");
+    }
     let service = match start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -137,6 +224,7 @@ where
     };
     let token = service.shutdown_token();
     systemd_ready(token.clone());
+    reload_on_sighup(load, service.reloader(), token.clone());
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -145,6 +233,47 @@ where
     });
     service.wait().await;
     std::process::ExitCode::SUCCESS
+}
+
+/// On each SIGHUP: loads the configuration again and hands it to `apply`.
+fn reload_on_sighup<C: ServiceConfig>(
+    load: impl Fn() -> anyhow::Result<C> + Send + 'static,
+    apply: impl Fn(C) + Send + 'static,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; no configuration reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => if got.is_none() { return },
+            }
+            let config = match load().and_then(|c| {
+                check_log_level(c.log_level())?;
+                Ok(c)
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("SIGHUP: configuration refused, the running one stays: {e:#}");
+                    continue;
+                }
+            };
+            if let Err(e) = set_log_level(config.log_level()) {
+                tracing::warn!("SIGHUP: {e:#}");
+            }
+            apply(config);
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (load, apply, shutdown);
 }
 
 /// Under systemd (`Type=notify`): says the service is ready, and pings the watchdog at half

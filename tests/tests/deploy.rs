@@ -94,10 +94,34 @@ fn containers_compose_and_kubernetes_fit_together() -> anyhow::Result<()> {
         .as_mapping()
         .context("compose: services")?;
     for (name, service) in services {
+        if service["build"].is_null() {
+            ensure!(
+                service["image"].is_string(),
+                "compose service {name:?}: no build, no image"
+            );
+            continue;
+        }
         let target = service["build"]["target"].as_str().unwrap_or_default();
         ensure!(
             stages.contains(&target),
             "compose service {name:?} builds unknown target {target:?}"
+        );
+    }
+    // Mosquitto's files, mounted from deploy/mosquitto/, exist and are the ones the
+    // Mosquitto end-to-end test runs with.
+    let mosquitto = &services
+        .get("mosquitto")
+        .context("compose: a mosquitto service")?["volumes"];
+    for file in ["mosquitto.conf", "acl"] {
+        ensure!(
+            deploy().join("mosquitto").join(file).exists(),
+            "deploy/mosquitto/{file}"
+        );
+        ensure!(
+            mosquitto.as_sequence().is_some_and(|v| v.iter().any(|m| m
+                .as_str()
+                .is_some_and(|m| m.starts_with(&format!("./mosquitto/{file}:"))))),
+            "compose mounts deploy/mosquitto/{file}"
         );
     }
 
