@@ -31,8 +31,7 @@ pub struct App;
 /// A started control plane.
 #[derive(Debug)]
 pub struct Running {
-    /// The configuration in force; SIGHUP's changes go to the tasks through `tunables`.
-    config: Arc<std::sync::Mutex<Config>>,
+    /// The configuration in force; SIGHUP's changes go to the tasks through it.
     tunables: Arc<tokio::sync::watch::Sender<Config>>,
     api_addr: SocketAddr,
     mqtt_addr: SocketAddr,
@@ -215,7 +214,6 @@ impl App {
         });
         tracing::info!(api = %api_addr, mqtt = %mqtt_addr, "control plane started");
         Ok(Running {
-            config: Arc::new(std::sync::Mutex::new(config)),
             tunables: Arc::new(tunables),
             api_addr,
             mqtt_addr,
@@ -322,17 +320,11 @@ impl Service for Running {
     }
 
     fn reloader(&self) -> impl Fn(Config) + Send + 'static {
-        let current = self.config.clone();
         let tunables = self.tunables.clone();
         move |new: Config| {
-            let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+            let current = tunables.borrow().clone();
             let restart = new.needs_restart(&current);
-            let mut applied = current.clone();
-            applied.heartbeat_timeout_secs = new.heartbeat_timeout_secs;
-            applied.telemetry_retention_secs = new.telemetry_retention_secs;
-            applied.telemetry_max_bytes = new.telemetry_max_bytes;
-            applied.log_level = new.log_level;
-            tunables.send_replace(applied.clone());
+            let applied = current.reloaded(new);
             tracing::info!(
                 heartbeat_timeout_secs = applied.heartbeat_timeout_secs,
                 telemetry_retention_secs = applied.telemetry_retention_secs,
@@ -341,7 +333,7 @@ impl Service for Running {
                  applied"
             );
             wedge_shared::process::warn_needs_restart(&restart);
-            *current = applied;
+            tunables.send_replace(applied);
         }
     }
 

@@ -50,8 +50,20 @@ impl wedge_shared::process::ServiceConfig for Config {
 }
 
 impl Config {
-    /// The settings that differ from `old` and take effect only after a restart (the rest —
-    /// log level, heartbeat timeout, telemetry retention — a SIGHUP applies at once).
+    /// What runs after a SIGHUP brings `new`: this configuration with the settings a reload
+    /// applies at once taken from `new` (log level, heartbeat timeout, telemetry retention);
+    /// every other setting is listed by [`Config::needs_restart`] and keeps its value.
+    pub fn reloaded(&self, new: Config) -> Config {
+        Config {
+            heartbeat_timeout_secs: new.heartbeat_timeout_secs,
+            telemetry_retention_secs: new.telemetry_retention_secs,
+            telemetry_max_bytes: new.telemetry_max_bytes,
+            log_level: new.log_level,
+            ..self.clone()
+        }
+    }
+
+    /// The settings that differ from `old` and take effect only after a restart.
     pub fn needs_restart(&self, old: &Config) -> Vec<&'static str> {
         wedge_shared::changed_fields!(
             self,

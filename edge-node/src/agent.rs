@@ -63,7 +63,7 @@ pub struct Agent {
     routes: RouteTable,
     uplink: UplinkClient,
     metrics: Arc<crate::metrics::Metrics>,
-    tunables: tokio::sync::watch::Receiver<Tunables>,
+    tunables: tokio::sync::watch::Receiver<crate::config::Config>,
     changed: Arc<Notify>,
     instances: BTreeMap<String, (ModuleSpec, Instance)>,
     /// Modules that are wanted but not running an instance: fetching or unusable.
@@ -84,7 +84,8 @@ pub struct Wiring {
     pub routes: RouteTable,
     pub uplink: UplinkClient,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub tunables: tokio::sync::watch::Receiver<Tunables>,
+    /// The node's configuration as SIGHUP reloads it (the agent takes its [`Tunables`]).
+    pub tunables: tokio::sync::watch::Receiver<crate::config::Config>,
 }
 
 impl Agent {
@@ -147,7 +148,7 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Ok(()) = tunables.changed() => {
-                    let t = tunables.borrow_and_update().clone();
+                    let t = tunables.borrow_and_update().tunables();
                     if t.heartbeat_interval != self.identity.heartbeat_interval {
                         heartbeat = tokio::time::interval(t.heartbeat_interval);
                     }

@@ -32,9 +32,8 @@ pub struct App;
 pub struct Running {
     local_mqtt_addr: SocketAddr,
     http_addr: SocketAddr,
-    /// The configuration in force, and where SIGHUP's changes go.
-    config: std::sync::Arc<std::sync::Mutex<Config>>,
-    tunables: std::sync::Arc<tokio::sync::watch::Sender<crate::agent::Tunables>>,
+    /// The configuration in force; SIGHUP's changes go to the agent through it.
+    tunables: std::sync::Arc<tokio::sync::watch::Sender<Config>>,
     lifecycle: Lifecycle,
     buffer: crate::buffer::Buffer,
 }
@@ -112,7 +111,7 @@ impl App {
             buffer.clone(),
             uplink_counters.clone(),
         ));
-        let (tunables, tunables_rx) = tokio::sync::watch::channel(config.tunables());
+        let (tunables, tunables_rx) = tokio::sync::watch::channel(config.clone());
         let mut agent = Agent::new(
             Identity {
                 node_id: config.node_id.clone(),
@@ -176,7 +175,6 @@ impl App {
         Ok(Running {
             local_mqtt_addr,
             http_addr,
-            config: std::sync::Arc::new(std::sync::Mutex::new(config)),
             tunables: std::sync::Arc::new(tunables),
             lifecycle,
             buffer,
@@ -223,25 +221,19 @@ impl Service for Running {
     }
 
     fn reloader(&self) -> impl Fn(Config) + Send + 'static {
-        let current = self.config.clone();
         let tunables = self.tunables.clone();
         move |new: Config| {
-            let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+            let current = tunables.borrow().clone();
             let restart = new.needs_restart(&current);
-            tunables.send_replace(new.tunables());
+            let applied = current.reloaded(new);
             tracing::info!(
-                heartbeat_interval_secs = new.heartbeat_interval_secs,
-                log_level = new.log_level.as_deref().unwrap_or("default"),
+                heartbeat_interval_secs = applied.heartbeat_interval_secs,
+                log_level = applied.log_level.as_deref().unwrap_or("default"),
                 "configuration reloaded: log level, heartbeat interval and module limits \
                  (for modules started from now on) applied"
             );
             wedge_shared::process::warn_needs_restart(&restart);
-            // What runs is the old value for those until the restart.
-            let mut applied = current.clone();
-            applied.heartbeat_interval_secs = new.heartbeat_interval_secs;
-            applied.limits = new.limits;
-            applied.log_level = new.log_level;
-            *current = applied;
+            tunables.send_replace(applied);
         }
     }
 

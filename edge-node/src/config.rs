@@ -70,6 +70,18 @@ impl Config {
         }
     }
 
+    /// What runs after a SIGHUP brings `new`: this configuration with the settings a reload
+    /// applies at once taken from `new` (log level, heartbeat interval, module limits); every
+    /// other setting is listed by [`Config::needs_restart`] and keeps its value.
+    pub fn reloaded(&self, new: Config) -> Config {
+        Config {
+            heartbeat_interval_secs: new.heartbeat_interval_secs,
+            limits: new.limits,
+            log_level: new.log_level,
+            ..self.clone()
+        }
+    }
+
     /// The settings that differ from `old` and take effect only after a restart.
     pub fn needs_restart(&self, old: &Config) -> Vec<&'static str> {
         wedge_shared::changed_fields!(

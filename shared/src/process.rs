@@ -202,10 +202,7 @@ where
     S: Service<Config = C>,
     F: std::future::Future<Output = anyhow::Result<S>>,
 {
-    let config = match load().and_then(|c| {
-        check_log_level(c.log_level())?;
-        Ok(c)
-    }) {
+    let config = match load_checked(&load) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{bin}: invalid configuration: {e:#}");
@@ -235,6 +232,13 @@ where
     std::process::ExitCode::SUCCESS
 }
 
+/// Loads the configuration and checks what `load` cannot: the log filter.
+fn load_checked<C: ServiceConfig>(load: &impl Fn() -> anyhow::Result<C>) -> anyhow::Result<C> {
+    let config = load()?;
+    check_log_level(config.log_level())?;
+    Ok(config)
+}
+
 /// On each SIGHUP: loads the configuration again and hands it to `apply`.
 fn reload_on_sighup<C: ServiceConfig>(
     load: impl Fn() -> anyhow::Result<C> + Send + 'static,
@@ -256,10 +260,7 @@ fn reload_on_sighup<C: ServiceConfig>(
                 _ = shutdown.cancelled() => return,
                 got = hup.recv() => if got.is_none() { return },
             }
-            let config = match load().and_then(|c| {
-                check_log_level(c.log_level())?;
-                Ok(c)
-            }) {
+            let config = match load_checked(&load) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!("SIGHUP: configuration refused, the running one stays: {e:#}");

@@ -3,20 +3,11 @@
 //! `mosquitto-clients`).
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::free_port;
-
-/// Where a Debian program is: on `PATH`, or in `/usr/sbin` (not on a user's `PATH`).
-pub fn program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.exists())
-}
+use crate::process::{free_port, program};
 
 /// Whether the Mosquitto broker and clients are installed; outside CI a test may skip
 /// without them, in CI (`CI` set) their absence is an error.

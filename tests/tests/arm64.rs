@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use wedge_tests::process::{Proc, free_port};
+use wedge_tests::process::{Proc, free_port, program};
 use wedge_tests::{ControlPlane, Device};
 
 /// Emulated, the node compiles modules an order of magnitude slower.
@@ -30,18 +30,10 @@ fn arm64_binary() -> anyhow::Result<PathBuf> {
     Ok(target.join("aarch64-unknown-linux-musl/edge/wedge-node"))
 }
 
-fn qemu() -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("qemu-aarch64-static"))
-            .find(|p| p.exists())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn arm64_node_runs_a_module_under_qemu() -> anyhow::Result<()> {
     let binary = arm64_binary()?;
-    let (true, Some(qemu)) = (binary.exists(), qemu()) else {
+    let (true, Some(qemu)) = (binary.exists(), program("qemu-aarch64-static")) else {
         let what = format!(
             "needs {} (deploy/build-arm64) and qemu-aarch64-static (Debian: qemu-user-static)",
             binary.display()

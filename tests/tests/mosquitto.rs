@@ -2,12 +2,13 @@
 //! Mosquitto as their uplink broker instead of the embedded one; `mosquitto_pub` and
 //! `mosquitto_sub` are the device and the actuator on the node's local broker.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wedge_tests::mosquitto::{self, Mosquitto, program};
+use wedge_tests::mosquitto::{self, Mosquitto};
+use wedge_tests::process::program;
 use wedge_tests::{ControlPlane, DEVICE_PASSWORD, DEVICE_USER, Node, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -88,21 +89,12 @@ async fn control_plane_and_node_work_through_mosquitto() -> anyhow::Result<()> {
         .args(["-t", "alerts/#", "-C", "1", "-W", "120"])
         .stdout(Stdio::piped())
         .spawn()?;
-    let mut out = actuator.stdout.take().expect("piped");
+    let out = actuator.stdout.take().expect("piped");
     let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(64);
     let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut buf = [0u8; 512];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.push_str(&String::from_utf8_lossy(&buf[..n]));
-            while let Some(i) = all.find('\n') {
-                let line: String = all.drain(..=i).collect();
-                if lines_tx.blocking_send(line.trim_end().to_string()).is_err() {
-                    return;
-                }
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if lines_tx.blocking_send(line).is_err() {
+                return;
             }
         }
     });

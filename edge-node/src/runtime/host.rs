@@ -215,11 +215,7 @@ impl Host for HostState {
         if matches!(level, Level::Info | Level::Warn | Level::Error) {
             let mut message = message;
             if message.len() > MAX_LOG_LINE {
-                let mut cut = MAX_LOG_LINE;
-                while !message.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                message.truncate(cut);
+                message.truncate(message.floor_char_boundary(MAX_LOG_LINE));
                 message.push('…');
             }
             let line = serde_json::json!({"level": name, "message": message});
