@@ -386,7 +386,8 @@ async fn on_telemetry(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
     let store = ctx.store.clone();
     let node = msg.node.clone();
     let outcome =
-        tokio::task::spawn_blocking(move || store.ingest_telemetry(&node, &batch)).await??;
+        tokio::task::spawn_blocking(move || store.ingest_telemetry(&node, &batch, now_ms()))
+            .await??;
     ctx.counters
         .telemetry_stored
         .fetch_add(outcome.stored, Ordering::Relaxed);
@@ -404,7 +405,13 @@ async fn on_telemetry(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
         );
     }
     ctx.publisher
-        .telemetry_ack(&msg.node, &TelemetryAck { upto: outcome.upto })
+        .telemetry_ack(
+            &msg.node,
+            &TelemetryAck {
+                epoch: outcome.epoch,
+                upto: outcome.upto,
+            },
+        )
         .await
         .map_err(anyhow::Error::msg)?;
     ctx.counters.telemetry_acks.fetch_add(1, Ordering::Relaxed);

@@ -200,6 +200,18 @@ impl Collector for NodeCollector {
             "The buffer's byte quota",
             b.quota_bytes as f64,
         )?;
+        shared::encode_gauge(
+            e,
+            "wedge_buffer_last_seq",
+            "Sequence number of the last record buffered",
+            self.buffer.last_issued() as f64,
+        )?;
+        shared::encode_gauge(
+            e,
+            "wedge_buffer_durable_seq",
+            "Every record up to this sequence number is on disk (and may be sent)",
+            self.buffer.durable() as f64,
+        )?;
         shared::encode_counter(
             e,
             "wedge_buffer_dropped",

@@ -88,7 +88,12 @@ impl Store {
         quota: u64,
         policy: crate::buffer::FullPolicy,
     ) -> Result<crate::buffer::Buffer, crate::buffer::Error> {
-        crate::buffer::Buffer::open(self.db.open_tree("telemetry")?, quota, policy)
+        crate::buffer::Buffer::open(
+            self.db.open_tree("telemetry")?,
+            self.db.open_tree("telemetry_meta")?,
+            quota,
+            policy,
+        )
     }
 
     /// The key-value store of module instance `module`, bounded by `quota` bytes of keys

@@ -205,19 +205,36 @@ pub enum EventKind {
     ModuleFailed { error: String },
 }
 
-/// Buffered records on their way to the control plane.
+/// Buffered records on their way to the control plane, all of one buffer epoch.
+///
+/// A node's records are identified by (epoch, seq). The epoch is a random number the node
+/// draws each time it opens its store, so a restarted node, a wiped data directory or one
+/// restored from an old backup never sends a (epoch, seq) the control plane already holds
+/// for other data. Sequence numbers also never repeat within a store (the node persists
+/// its high-water mark), so they keep increasing across ordinary restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TelemetryBatch {
-    /// The lowest sequence number the node still holds: anything below it that the control
-    /// plane lacks was dropped by the node (buffer quota or TTL) and will never come.
+    /// The buffer epoch of every record in the batch (0: a node from before epochs).
+    #[serde(default)]
+    pub epoch: u64,
+    /// The first sequence number of the epoch: the control plane's mark for an epoch it has
+    /// not seen starts just below it (0 from nodes before epochs: treated as 1).
+    #[serde(default)]
+    pub epoch_start: u64,
+    /// The lowest sequence number of the epoch the node still holds: anything below it that
+    /// the control plane lacks was dropped by the node (buffer quota or TTL) and will never
+    /// come.
     pub first_available: u64,
-    /// Records in increasing sequence order.
+    /// Records in increasing sequence order, contiguous unless the node dropped some.
     pub records: Vec<TelemetryRecord>,
 }
 
-/// The control plane has durably stored every record of the node up to `upto`.
+/// The control plane has durably stored every record of the node's buffer `epoch` up to
+/// sequence number `upto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TelemetryAck {
+    #[serde(default)]
+    pub epoch: u64,
     pub upto: u64,
 }
 
@@ -486,12 +503,20 @@ mod tests {
     }
 
     fn telemetry_batch() -> impl Strategy<Value = TelemetryBatch> {
-        (any::<u64>(), vec(telemetry_record(), 0..4)).prop_map(|(first_available, records)| {
-            TelemetryBatch {
-                first_available,
-                records,
-            }
-        })
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            vec(telemetry_record(), 0..4),
+        )
+            .prop_map(
+                |(epoch, epoch_start, first_available, records)| TelemetryBatch {
+                    epoch,
+                    epoch_start,
+                    first_available,
+                    records,
+                },
+            )
     }
 
     proptest! {
@@ -501,8 +526,8 @@ mod tests {
         }
 
         #[test]
-        fn telemetry_ack_round_trip(upto in any::<u64>()) {
-            let m = TelemetryAck { upto };
+        fn telemetry_ack_round_trip(epoch in any::<u64>(), upto in any::<u64>()) {
+            let m = TelemetryAck { epoch, upto };
             prop_assert_eq!(decode::<TelemetryAck>(&encode(&m)), Ok(m));
         }
 

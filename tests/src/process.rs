@@ -39,6 +39,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// A child process killed when dropped.
 pub struct Proc {
     child: Child,
+    /// A node's HTTP server (`/metrics`, `/readyz`).
+    http: Option<SocketAddr>,
 }
 
 impl Proc {
@@ -50,6 +52,7 @@ impl Proc {
             .stderr(Stdio::inherit());
         Ok(Self {
             child: cmd.spawn()?,
+            http: None,
         })
     }
 
@@ -101,6 +104,7 @@ impl Proc {
                 user.username, user.password_hash
             ),
         )?;
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         cmd.arg("--config")
             .arg(&config)
             .args(["--node-id", id])
@@ -112,8 +116,32 @@ impl Proc {
             .args(["--ca-sha256", &enrollment.ca_sha256])
             .arg("--local-mqtt-listen")
             .arg(local.to_string())
-            .args(["--http-listen", "127.0.0.1:0"]);
-        Self::spawn(cmd)
+            .arg("--http-listen")
+            .arg(http.to_string());
+        let mut proc = Self::spawn(cmd)?;
+        proc.http = Some(http);
+        Ok(proc)
+    }
+
+    /// A node's HTTP address (`/metrics`, `/readyz`).
+    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.http
+            .ok_or_else(|| anyhow::anyhow!("not a node, or no HTTP server"))
+    }
+
+    /// SIGTERM, then waits (at most `deadline`) for a clean exit.
+    pub async fn terminate(mut self, deadline: std::time::Duration) -> anyhow::Result<()> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM failed");
+        let status = crate::wait_for("the process to exit after SIGTERM", deadline, || {
+            let exited = self.child.try_wait().ok().flatten();
+            async move { exited }
+        })
+        .await?;
+        anyhow::ensure!(status.success(), "exit status {status} after SIGTERM");
+        Ok(())
     }
 
     /// SIGKILL: no goodbye, no flush.

@@ -17,7 +17,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Path;
 use crate::fleet::{EventRecord, FleetEvent};
-use crate::store::{Liveness, NodeRecord};
+use crate::store::{Liveness, NodeRecord, StoredTelemetry};
 use crate::time::rfc3339;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -34,7 +34,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 struct TelemetryQuery {
     /// Only this stream.
     stream: Option<String>,
-    /// Only records with a larger sequence number (for paging and following).
+    /// Only records after this `seq` (the node's ingest order; for paging and following).
     #[serde(default)]
     after_seq: u64,
     /// At most this many records (1 to 10,000; default 1,000).
@@ -52,18 +52,29 @@ const MAX_TELEMETRY_LIMIT: usize = 10_000;
 /// string when it is UTF-8, otherwise base64 in `payload_base64`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TelemetryView {
+    /// The record's place in this node's ingest order at the control plane: 1, 2, 3, …,
+    /// increasing across node restarts and re-installs. Page and follow with `after_seq`.
     pub seq: u64,
+    /// The node's buffer epoch (16 hex digits): a new one each time the node opens its
+    /// store (a restart, a wiped or restored data directory).
+    pub epoch: String,
+    /// The node's own sequence number of the record within `epoch`.
+    pub node_seq: u64,
     pub stream: String,
     pub module: String,
+    /// When the module emitted it, by the node's clock.
     pub timestamp: String,
+    /// When the control plane stored it, by its clock (retention goes by this).
+    pub received: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
 }
 
-impl From<wedge_shared::messages::TelemetryRecord> for TelemetryView {
-    fn from(r: wedge_shared::messages::TelemetryRecord) -> Self {
+impl From<StoredTelemetry> for TelemetryView {
+    fn from(s: StoredTelemetry) -> Self {
+        let r = s.record;
         let (payload, payload_base64) = match serde_json::from_slice(&r.payload) {
             Ok(v) => (Some(v), None),
             Err(_) => match String::from_utf8(r.payload) {
@@ -76,17 +87,20 @@ impl From<wedge_shared::messages::TelemetryRecord> for TelemetryView {
             },
         };
         Self {
-            seq: r.seq,
+            seq: s.seq,
+            epoch: format!("{:016x}", s.epoch),
+            node_seq: r.seq,
             stream: r.stream,
             module: r.module,
             timestamp: rfc3339(r.ts_ms),
+            received: rfc3339(s.received_ms),
             payload,
             payload_base64,
         }
     }
 }
 
-/// Stored telemetry of a node, in sequence order.
+/// Stored telemetry of a node, in the order the control plane stored it (`seq`).
 #[utoipa::path(get, path = "/{id}/telemetry", tag = "nodes",
     params(("id" = String, Path, description = "node id"), TelemetryQuery),
     responses(

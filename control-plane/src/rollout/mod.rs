@@ -82,6 +82,8 @@ impl Plan {
         out.insert(r.revision);
         out.extend(r.stable);
         out.extend(r.nodes.values().filter_map(|p| p.prior));
+        out.extend(r.nodes.values().filter_map(|p| p.fallback));
+        out.extend(r.fallbacks.values().copied());
         out
     }
 

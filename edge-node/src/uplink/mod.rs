@@ -281,7 +281,10 @@ impl Session {
                     if kind == NodeTopic::TelemetryAck {
                         match decode::<TelemetryAck>(&p.payload) {
                             Ok(ack) => {
-                                let _ = uploads.try_send(upload::UploadEvent::Ack(ack.upto));
+                                let _ = uploads.try_send(upload::UploadEvent::Ack {
+                                    epoch: ack.epoch,
+                                    upto: ack.upto,
+                                });
                             }
                             Err(e) => {
                                 self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);

@@ -1,10 +1,13 @@
 //! Telemetry delivery, node side: the buffer's records go up in batches, several in
 //! flight, and are deleted only when the control plane acknowledges that it stored them.
 //!
-//! The control plane acknowledges the highest sequence number up to which it holds every
-//! record. After a reconnect, or when an acknowledgement is overdue, the node sends again
-//! from the last acknowledged record; the control plane drops what it already has. So a
-//! record can travel twice but is stored once, and nothing is deleted before it is stored.
+//! Go-back-N over the buffer's positions: the control plane stores a record only when it
+//! is the next one of its (node, epoch) and acknowledges `(epoch, highest stored)`. After a
+//! reconnect, or when an acknowledgement is overdue, the node sends again from the last
+//! acknowledged record; the control plane drops what it already has. So a record can
+//! travel twice but is stored once, and nothing is deleted before it is stored. Only
+//! records on disk are sent ([`Buffer::sync`] runs first when some are not): a record the
+//! control plane holds can never be lost by the node and replaced by another.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -30,7 +33,7 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum UploadEvent {
     Connected,
     Disconnected,
-    Ack(u64),
+    Ack { epoch: u64, upto: u64 },
 }
 
 /// The delivery state machine. Pure: the caller reads the buffer and sends.
@@ -123,13 +126,13 @@ pub async fn run(
                     up.rewind();
                 }
                 Some(UploadEvent::Disconnected) => connected = false,
-                Some(UploadEvent::Ack(upto)) => {
-                    if let Some(upto) = up.on_ack(upto)
-                        && let Err(e) = buffer.delete_upto(upto)
-                    {
-                        tracing::error!(error = %e, "cannot delete delivered telemetry");
+                Some(UploadEvent::Ack { epoch, upto }) => match buffer.acknowledge(epoch, upto) {
+                    Ok(Some(upto)) => {
+                        up.on_ack(upto);
                     }
-                }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot delete delivered telemetry"),
+                },
             },
             _ = buffer.appended() => {}
             _ = check.tick() => {
@@ -147,6 +150,15 @@ pub async fn run(
                 }
             }
         }
+        // Group commit: one flush covers everything appended since the last one. It runs
+        // while the link is down too, so the durable mark (a metric) says what survives a
+        // crash at any time.
+        if buffer.durable() < buffer.last_issued()
+            && let Err(e) = buffer.sync().await
+        {
+            tracing::error!(error = %e, "cannot flush the telemetry buffer");
+            continue;
+        }
         if connected {
             send_more(&buffer, &client, &mut up);
         }
@@ -155,20 +167,22 @@ pub async fn run(
 
 fn send_more(buffer: &Buffer, client: &UplinkClient, up: &mut Uploader) {
     while up.can_send() {
-        let records = match buffer.batch(up.next_after(), BATCH_RECORDS, BATCH_BYTES) {
-            Ok(r) => r,
+        let batch = match buffer.batch(up.next_after(), BATCH_RECORDS, BATCH_BYTES) {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the telemetry buffer");
                 return;
             }
         };
-        let Some(last) = records.last().map(|r| r.seq) else {
+        let Some(last) = batch.records.last().map(|r| r.seq) else {
             return;
         };
-        let first_available = buffer.first_available().unwrap_or(0);
         if !client.telemetry(&TelemetryBatch {
-            first_available,
-            records,
+            epoch: batch.epoch,
+            epoch_start: batch.epoch_start,
+            first_available: batch.first_available,
+            records: batch.records,
         }) {
             // The client's queue is full (link down or slow): try again on the next event.
             return;

@@ -5,9 +5,24 @@
 //! Each node is *assigned* at most one revision of the deployment: the new one once its
 //! batch comes, until then whatever it ran before (the stable revision, or the revision of
 //! a rollout this one superseded — so a superseded rollout causes no extra restarts).
-//! Rolling back or aborting assigns every node the stable revision (or nothing, for a
-//! first revision). A rollout never waits on an offline node: batches are chosen among
-//! online nodes, and an offline node simply gets the revision when it comes back.
+//! A rollout never waits on an offline node: batches are chosen among online nodes, and an
+//! offline node simply gets the revision when it comes back.
+//!
+//! **Where a rollback goes.** Every node has a *fallback*: the revision it last ran
+//! healthy before this rollout. Rolling back or aborting assigns each node its own
+//! fallback, never a fleet-wide guess, so a revision posted while an earlier one is still
+//! canarying, baking or half-rolled returns each node to what it really ran: the earlier
+//! revision where that was running without failure (baking or healthy), the revision
+//! before it where it was not. Only a node that never ran a healthy revision of the
+//! deployment ends with none. When a rollout is superseded its nodes' fallbacks are
+//! carried into the new one ([`Rollout::supersede`]).
+//!
+//! Several revisions in flight, precisely: *supersede* ends the running rollout wherever
+//! it is (recorded as `superseded`) and starts the new revision from the nodes' actual
+//! state; *pause* stops new batches (failures still roll back); *abort* and an automatic
+//! *rollback* send every node of the current rollout to its fallback. `stable` is the
+//! revision nodes return to that a reader can name: the last completed one, or — once an
+//! unfinished rollout is superseded — the fallback most nodes share (ties: the newest).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -100,6 +115,10 @@ pub struct NodeProgress {
     pub since_ms: u64,
     /// What the node ran when the rollout met it; kept while it is pending.
     pub prior: Option<u64>,
+    /// The healthy revision it goes back to on a rollback or abort (none: it never ran
+    /// one). Rollouts saved before fallbacks existed fall back to `prior`.
+    #[serde(default)]
+    pub fallback: Option<u64>,
     /// Restarts the node reported when the new revision first ran.
     #[serde(default)]
     pub restarts_seen: u32,
@@ -154,6 +173,9 @@ pub struct Rollout {
     pub nodes: BTreeMap<String, NodeProgress>,
     /// The revision each node should run (absent: none).
     pub assigned: BTreeMap<String, u64>,
+    /// Fallbacks inherited from the rollout this one superseded, for nodes as they join.
+    #[serde(default)]
+    pub fallbacks: BTreeMap<String, u64>,
     pub history: Vec<Outcome>,
 }
 
@@ -183,6 +205,7 @@ impl Rollout {
             None,
             strategy,
             BTreeMap::new(),
+            BTreeMap::new(),
             Vec::new(),
             now_ms,
         )
@@ -193,6 +216,7 @@ impl Rollout {
         stable: Option<u64>,
         strategy: Strategy,
         assigned: BTreeMap<String, u64>,
+        fallbacks: BTreeMap<String, u64>,
         history: Vec<Outcome>,
         now_ms: u64,
     ) -> Self {
@@ -212,13 +236,26 @@ impl Rollout {
             phase_since_ms: now_ms,
             nodes: BTreeMap::new(),
             assigned,
+            fallbacks,
             history,
         }
     }
 
     /// A newer revision replaces this rollout, whatever its phase. Nodes keep what they
-    /// run until the new rollout reaches them.
+    /// run until the new rollout reaches them; each keeps the healthy revision it would go
+    /// back to (this one's, where it runs it without failure).
     pub fn supersede(self, revision: u64, strategy: Strategy, now_ms: u64) -> Self {
+        let fallbacks: BTreeMap<String, u64> = self
+            .nodes
+            .keys()
+            .chain(self.assigned.keys())
+            .filter_map(|id| Some((id.clone(), self.healthy_revision(id)?)))
+            .collect();
+        let stable = if self.phase == Phase::Complete {
+            self.stable
+        } else {
+            most_common(fallbacks.values().copied()).or(self.stable)
+        };
         let mut history = self.history;
         let (phase, reason) = if self.phase.is_active() {
             (
@@ -239,12 +276,30 @@ impl Rollout {
         }
         Self::start(
             revision,
-            self.stable,
+            stable,
             strategy,
             self.assigned,
+            fallbacks,
             history,
             now_ms,
         )
+    }
+
+    /// The healthy revision node `id` runs, or goes back to, as of now.
+    fn healthy_revision(&self, id: &str) -> Option<u64> {
+        match self.nodes.get(id) {
+            Some(p) => match p.state {
+                NodeState::Baking | NodeState::Healthy => Some(self.revision),
+                // A late joiner or returning node of a completed rollout: the fleet's
+                // revision, proven on the others.
+                NodeState::Updating | NodeState::Pending if self.phase == Phase::Complete => {
+                    Some(self.revision)
+                }
+                _ => p.fallback,
+            },
+            // Not part of this rollout: it runs what it was assigned (the stable revision).
+            None => self.assigned.get(id).copied(),
+        }
     }
 
     fn check_active(&self, action: &'static str) -> Result<(), NotActive> {
@@ -316,11 +371,9 @@ impl Rollout {
         for (id, o) in observed.iter().filter(|(_, o)| o.targeted) {
             if !self.nodes.contains_key(id) {
                 // A node new to the deployment waits for its batch on the stable revision.
-                let prior = self
-                    .assigned
-                    .get(id)
-                    .copied()
-                    .or(self.stable.filter(|_| o.stable_targeted));
+                let stable = self.stable.filter(|_| o.stable_targeted);
+                let prior = self.assigned.get(id).copied().or(stable);
+                let fallback = self.fallbacks.get(id).copied().or(stable);
                 let state = if self.phase == Phase::Complete {
                     NodeState::Updating
                 } else {
@@ -332,6 +385,7 @@ impl Rollout {
                         state,
                         since_ms: now_ms,
                         prior,
+                        fallback,
                         restarts_seen: 0,
                         error: None,
                     },
@@ -461,17 +515,33 @@ impl Rollout {
     /// The revision node `id` should run.
     fn assignment(&self, id: &str, o: &Observed) -> Option<u64> {
         let stable = self.stable.filter(|_| o.stable_targeted);
+        let fallback = |p: &NodeProgress| p.fallback.or(p.prior);
         if matches!(self.phase, Phase::RolledBack | Phase::Aborted) {
-            return stable;
+            return match self.nodes.get(id) {
+                Some(p) => fallback(p),
+                None => stable,
+            };
         }
         match self.nodes.get(id) {
             Some(p) if p.state == NodeState::Pending => p.prior,
-            Some(p) if p.state == NodeState::RolledBack => stable,
+            Some(p) if p.state == NodeState::RolledBack => fallback(p),
             Some(_) => Some(self.revision),
             None if self.phase == Phase::Complete => None,
             None => stable,
         }
     }
+}
+
+/// The value seen most often (ties: the largest, i.e. the newest revision).
+fn most_common(values: impl Iterator<Item = u64>) -> Option<u64> {
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for v in values {
+        *counts.entry(v).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(v, n)| (*n, *v))
+        .map(|(v, _)| v)
 }
 
 /// Judges one online node's health for the new revision.
@@ -512,6 +582,9 @@ fn judge(p: &mut NodeProgress, report: Option<&Report>, bake_ms: u64, now_ms: u6
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod model;
 
 #[cfg(test)]
 mod tests {
@@ -812,5 +885,96 @@ mod tests {
         let ch = r.step(5, &obs);
         assert_eq!(ch.assignments, BTreeSet::from(["n1".to_string()]));
         assert!(!r.assigned.contains_key("n1"));
+    }
+
+    /// The sequence users hit: revision 1 runs everywhere but is still baking when
+    /// revision 2 (which traps in init) is posted. The failed canary must send every node
+    /// back to revision 1, not remove the module.
+    #[test]
+    fn a_failing_revision_posted_while_the_previous_one_bakes_returns_to_it() {
+        let mut obs = fleet(3);
+        let mut r = Rollout::first(1, strategy(1, 1, 3, 0.0), 0);
+        // Canary, then one node per batch, each baking 3 s: every node runs 1, the last
+        // still baking.
+        let mut now = 0;
+        for id in ["n0", "n1", "n2"] {
+            now += 3_001;
+            r.step(now, &obs);
+            assert_eq!(r.assigned[id], 1);
+            run(obs.get_mut(id).unwrap(), 0);
+            r.step(now + 1, &obs);
+        }
+        assert!(
+            r.phase.is_active(),
+            "the last node still bakes: {:?}",
+            r.phase
+        );
+        assert_eq!(r.stable, None);
+
+        let mut r = r.supersede(2, strategy(1, 1, 3, 0.0), now);
+        assert_eq!(r.stable, Some(1), "every node runs 1 healthy");
+        for o in obs.values_mut() {
+            o.report = None;
+        }
+        r.step(now + 1, &obs);
+        assert_eq!(r.assigned["n0"], 2, "the canary");
+        assert_eq!(r.assigned["n1"], 1, "the others keep 1");
+        fail(obs.get_mut("n0").unwrap());
+        r.step(now + 2, &obs);
+        assert_eq!(r.phase, Phase::RolledBack);
+        assert_eq!(
+            r.assigned,
+            BTreeMap::from([("n0".into(), 1), ("n1".into(), 1), ("n2".into(), 1)]),
+            "every node back on the revision it ran"
+        );
+        assert_eq!(r.stable, Some(1));
+    }
+
+    /// Nodes that ran different revisions go back to their own.
+    #[test]
+    fn a_rollback_returns_each_node_to_its_own_revision() {
+        let (r, mut obs) = stable_fleet(3);
+        // Revision 2: the canary n0 runs it healthy, n1 got it but never ran it.
+        let mut r = r.supersede(2, strategy(1, 1, 3_600, 0.5), 0);
+        r.step(0, &obs);
+        run(obs.get_mut("n0").unwrap(), 0);
+        r.step(1, &obs);
+        r.nodes.get_mut("n0").unwrap().state = NodeState::Healthy;
+        r.step(2, &obs);
+        assert_eq!(r.assigned["n1"], 2, "first batch");
+        // Revision 3 supersedes; it fails on its canary.
+        let mut r = r.supersede(3, strategy(1, 1, 0, 0.0), 3);
+        for o in obs.values_mut() {
+            o.report = None;
+        }
+        r.step(3, &obs);
+        fail(obs.get_mut("n0").unwrap());
+        r.step(4, &obs);
+        assert_eq!(r.phase, Phase::RolledBack);
+        assert_eq!(r.assigned["n0"], 2, "n0 ran 2 healthy");
+        assert_eq!(r.assigned["n1"], 1, "n1 never ran 2: back to 1");
+        assert_eq!(r.assigned["n2"], 1);
+    }
+
+    /// Two failing revisions in a row: the nodes end on the last good one, and an abort in
+    /// the middle of a phase does the same.
+    #[test]
+    fn two_failing_revisions_and_an_abort_end_on_the_last_good_one() {
+        let (r, mut obs) = stable_fleet(3);
+        let mut r = r.supersede(2, strategy(1, 1, 0, 0.0), 0);
+        r.step(0, &obs);
+        fail(obs.get_mut("n0").unwrap());
+        // Revision 3 is posted before revision 2's failure is judged.
+        let mut r = r.supersede(3, strategy(0, 3, 0, 0.0), 1);
+        assert_eq!(r.stable, Some(1));
+        for o in obs.values_mut() {
+            o.report = None;
+        }
+        r.step(1, &obs);
+        assert!(r.assigned.values().all(|&v| v == 3), "one batch of three");
+        r.abort(2).unwrap();
+        r.step(2, &obs);
+        assert_eq!(r.phase, Phase::Aborted);
+        assert!(r.assigned.values().all(|&v| v == 1), "{:?}", r.assigned);
     }
 }

@@ -1,0 +1,362 @@
+//! Durable state of the control plane, in sled.
+//!
+//! One tree per kind of record; records are JSON (readable with any sled tool, and the
+//! API speaks JSON anyway), blobs are raw bytes keyed by digest. Callers see typed methods
+//! and [`Error`], never sled types, so the engine can be replaced. Telemetry (the bulk
+//! of the data, CBOR as it arrives) has its own room: [`telemetry`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use wedge_shared::Digest;
+use wedge_shared::messages::{ModuleSpec, ModuleStatus};
+
+mod telemetry;
+
+pub use telemetry::{IngestOutcome, StoredTelemetry};
+
+use crate::rollout::plan::Rollout;
+use crate::rollout::strategy::Strategy;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage engine: {0}")]
+    Engine(#[from] sled::Error),
+    #[error("corrupt record {key} in {tree}: {source}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("corrupt record {key} in {tree}: {reason}")]
+    CorruptRecord {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An uploaded module.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModuleRecord {
+    pub name: String,
+    pub version: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub uploaded_at_ms: u64,
+    /// The publisher's signature, verified at upload.
+    #[serde(default)]
+    pub signature: Option<wedge_shared::signing::ModuleSignature>,
+}
+
+/// Which nodes a deployment targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// These node ids.
+    Nodes(Vec<String>),
+    /// Every node whose labels include all of these.
+    Labels(BTreeMap<String, String>),
+}
+
+impl Target {
+    /// Whether a node with this id and these labels is targeted.
+    pub fn selects(&self, node_id: &str, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            Self::Nodes(ids) => ids.iter().any(|id| id == node_id),
+            Self::Labels(want) => want.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        }
+    }
+}
+
+/// A module deployed, under a name, to a set of nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub name: String,
+    /// Increases each time a deployment with this name is posted.
+    pub revision: u64,
+    pub module: ModuleRecord,
+    pub target: Target,
+    pub subscriptions: Vec<String>,
+    /// The module's configuration as JSON text.
+    pub config: String,
+    #[serde(default)]
+    pub publish_prefixes: Vec<String>,
+    #[serde(default)]
+    pub tick_ms: Option<u64>,
+    #[serde(default)]
+    pub limits: wedge_shared::messages::Limits,
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub created_at_ms: u64,
+}
+
+/// Whether a node is reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    Online,
+    Offline,
+}
+
+/// What the control plane knows about a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub liveness: Liveness,
+    /// Why it is offline, when it is.
+    pub reason: Option<String>,
+    pub since_ms: u64,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    pub labels: BTreeMap<String, String>,
+    pub arch: String,
+    pub version: String,
+    pub desired_generation: u64,
+    pub applied_generation: u64,
+    pub modules: Vec<ModuleStatus>,
+    #[serde(default)]
+    pub buffer: wedge_shared::messages::BufferStatus,
+    #[serde(default)]
+    pub resources: wedge_shared::messages::Resources,
+    /// What is wrong with the node while it is online (empty: healthy).
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// When `problems` last went from empty to not or back.
+    #[serde(default)]
+    pub problems_since_ms: u64,
+}
+
+/// The desired state last computed for a node.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DesiredRecord {
+    pub generation: u64,
+    pub modules: Vec<ModuleSpec>,
+}
+
+const MODULES: &str = "modules";
+const BLOBS: &str = "blobs";
+const DEPLOYMENTS: &str = "deployments";
+const NODES: &str = "nodes";
+const DESIRED: &str = "desired";
+const REVISIONS: &str = "revisions";
+const ROLLOUTS: &str = "rollouts";
+
+/// The control plane's store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+/// Key of a deployment revision: name, a 0 byte, the revision zero-padded (sorts by
+/// revision).
+fn revision_key(name: &str, revision: u64) -> String {
+    format!("{name}\0{revision:020}")
+}
+
+fn module_key(name: &str, version: &str) -> String {
+    format!("{name}@{version}")
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            // sled's default cache is 1 GB; the control plane's hot set is small.
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
+        let store = Self { db };
+        store.migrate_legacy_telemetry()?;
+        Ok(store)
+    }
+
+    fn get<T: DeserializeOwned>(&self, tree: &'static str, key: &str) -> Result<Option<T>> {
+        let Some(bytes) = self.db.open_tree(tree)?.get(key)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| Error::Corrupt {
+                tree,
+                key: key.to_string(),
+                source,
+            })
+    }
+
+    fn put<T: Serialize>(&self, tree: &'static str, key: &str, value: &T) -> Result<()> {
+        // Serializing our own record types to JSON cannot fail (string keys only).
+        let bytes = serde_json::to_vec(value).expect("records serialize to JSON");
+        self.db.open_tree(tree)?.insert(key, bytes)?;
+        Ok(())
+    }
+
+    fn all<T: DeserializeOwned>(&self, tree: &'static str) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for item in self.db.open_tree(tree)?.iter() {
+            let (key, bytes) = item?;
+            out.push(
+                serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
+                    tree,
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stores a module and its blob. The blob is written first: a record never points at
+    /// a missing blob.
+    pub fn put_module(&self, record: &ModuleRecord, blob: &[u8]) -> Result<()> {
+        self.db
+            .open_tree(BLOBS)?
+            .insert(record.digest.hex(), blob)?;
+        self.put(MODULES, &module_key(&record.name, &record.version), record)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn module(&self, name: &str, version: &str) -> Result<Option<ModuleRecord>> {
+        self.get(MODULES, &module_key(name, version))
+    }
+
+    /// A module record with this digest (the first by name, if several share it).
+    pub fn module_by_digest(&self, digest: &Digest) -> Result<Option<ModuleRecord>> {
+        Ok(self.modules()?.into_iter().find(|m| m.digest == *digest))
+    }
+
+    pub fn modules(&self) -> Result<Vec<ModuleRecord>> {
+        self.all(MODULES)
+    }
+
+    pub fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .db
+            .open_tree(BLOBS)?
+            .get(digest.hex())?
+            .map(|b| b.to_vec()))
+    }
+
+    /// Stores a deployment revision: as the deployment's latest and in its history.
+    pub fn put_deployment(&self, record: &DeploymentRecord) -> Result<()> {
+        self.put(
+            REVISIONS,
+            &revision_key(&record.name, record.revision),
+            record,
+        )?;
+        self.put(DEPLOYMENTS, &record.name, record)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// One revision of a deployment.
+    pub fn revision(&self, name: &str, revision: u64) -> Result<Option<DeploymentRecord>> {
+        if let Some(r) = self.get(REVISIONS, &revision_key(name, revision))? {
+            return Ok(Some(r));
+        }
+        // Deployments stored before revisions were kept: the latest is all there is.
+        Ok(self
+            .deployment(name)?
+            .filter(|d: &DeploymentRecord| d.revision == revision))
+    }
+
+    pub fn put_rollout(&self, name: &str, rollout: &Rollout) -> Result<()> {
+        self.put(ROLLOUTS, name, rollout)
+    }
+
+    pub fn rollout(&self, name: &str) -> Result<Option<Rollout>> {
+        self.get(ROLLOUTS, name)
+    }
+
+    pub fn deployment(&self, name: &str) -> Result<Option<DeploymentRecord>> {
+        self.get(DEPLOYMENTS, name)
+    }
+
+    pub fn deployments(&self) -> Result<Vec<DeploymentRecord>> {
+        self.all(DEPLOYMENTS)
+    }
+
+    pub fn put_node(&self, record: &NodeRecord) -> Result<()> {
+        self.put(NODES, &record.id, record)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.all(NODES)
+    }
+
+    /// Stores desired states, then flushes once (a rollout step can change thousands).
+    pub fn put_desired_many<'a>(
+        &self,
+        records: impl IntoIterator<Item = (&'a str, &'a DesiredRecord)>,
+    ) -> Result<()> {
+        for (node, record) in records {
+            self.put(DESIRED, node, record)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn desired(&self, node: &str) -> Result<Option<DesiredRecord>> {
+        self.get(DESIRED, node)
+    }
+
+    /// Writes everything buffered to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(name: &str, bytes: &[u8]) -> ModuleRecord {
+        ModuleRecord {
+            name: name.into(),
+            version: "1".into(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            uploaded_at_ms: 1,
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn modules_and_blobs_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = module("a", b"blob-a");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_module(&m, b"blob-a").unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.module("a", "1").unwrap(), Some(m.clone()));
+        assert_eq!(store.module_by_digest(&m.digest).unwrap(), Some(m.clone()));
+        assert_eq!(store.blob(&m.digest).unwrap().unwrap(), b"blob-a");
+        assert_eq!(store.modules().unwrap().len(), 1);
+        assert_eq!(store.module("a", "2").unwrap(), None);
+    }
+
+    #[test]
+    fn target_selection() {
+        let labels = BTreeMap::from([("site".to_string(), "a".to_string())]);
+        assert!(Target::Nodes(vec!["n1".into()]).selects("n1", &labels));
+        assert!(!Target::Nodes(vec!["n1".into()]).selects("n2", &labels));
+        assert!(Target::Labels(labels.clone()).selects("x", &labels));
+        assert!(Target::Labels(BTreeMap::new()).selects("x", &BTreeMap::new()));
+        let other = BTreeMap::from([("site".to_string(), "b".to_string())]);
+        assert!(!Target::Labels(other).selects("x", &labels));
+    }
+}
