@@ -10,17 +10,27 @@ use std::time::Duration;
 use serde_json::json;
 use wedge_tests::process::{Proc, free_port};
 use wedge_tests::proxy::Proxy;
-use wedge_tests::{Api, Device, wait_for};
+use wedge_tests::{Api, Device, metric, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 /// Readings per phase, one every 5 ms.
 const PHASE: u64 = 200;
 
 /// Publishes readings `range` at a fixed rate, then waits until the node's broker has
-/// acknowledged all of them and the node has had time to commit what its module emitted.
-async fn publish(device: &Device, range: std::ops::RangeInclusive<u64>) -> anyhow::Result<()> {
+/// acknowledged all of them, the module has emitted a record for each (`forward`: one
+/// record per message) and every record is on the node's disk: from there on the promise
+/// holds whatever is killed.
+async fn publish(
+    device: &Device,
+    node: &Proc,
+    range: std::ops::RangeInclusive<u64>,
+) -> anyhow::Result<()> {
     let before = device.counts().pubacks.load(Ordering::SeqCst);
     let count = range.end() - range.start() + 1;
+    let emitted_before = wait_for("the node's metrics", DEADLINE, || async {
+        buffer_state(node).await.map(|(emitted, _, _)| emitted)
+    })
+    .await?;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     for n in range {
         tick.tick().await;
@@ -36,9 +46,26 @@ async fn publish(device: &Device, range: std::ops::RangeInclusive<u64>) -> anyho
         },
     )
     .await?;
-    // Past the node's group-commit interval (10 ms) with a wide margin.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok(())
+    wait_for("every reading emitted and on disk", DEADLINE, || async {
+        let (emitted, durable, last) = buffer_state(node).await?;
+        (emitted >= emitted_before + count as f64 && durable >= last).then_some(())
+    })
+    .await
+}
+
+/// The node's (records its module emitted upstream, durable mark, last sequence number).
+async fn buffer_state(node: &Proc) -> Option<(f64, f64, f64)> {
+    let metrics = format!("http://{}/metrics", node.http_addr().ok()?);
+    let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+    Some((
+        metric(
+            &text,
+            "wedge_module_messages_out_total",
+            &[("module", "fw"), ("to", "uplink")],
+        )?,
+        metric(&text, "wedge_buffer_durable_seq", &[])?,
+        metric(&text, "wedge_buffer_last_seq", &[])?,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -75,10 +102,10 @@ async fn nothing_lost_nothing_doubled_across_partition_and_crashes() -> anyhow::
     let device = Device::connect(local_addr, "line-1-sensor", &[]).await?;
 
     // 1. Link up.
-    publish(&device, 1..=PHASE).await?;
+    publish(&device, &node, 1..=PHASE).await?;
     // 2. Partition: the node buffers.
     proxy.cut();
-    publish(&device, PHASE + 1..=2 * PHASE).await?;
+    publish(&device, &node, PHASE + 1..=2 * PHASE).await?;
     // 3. The node crashes during the partition and comes back.
     node.kill9()?;
     let connacks = device.counts().connacks.load(Ordering::SeqCst);
@@ -89,10 +116,10 @@ async fn nothing_lost_nothing_doubled_across_partition_and_crashes() -> anyhow::
         || async { (device.counts().connacks.load(Ordering::SeqCst) > connacks).then_some(()) },
     )
     .await?;
-    publish(&device, 2 * PHASE + 1..=3 * PHASE).await?;
+    publish(&device, &node, 2 * PHASE + 1..=3 * PHASE).await?;
     // 4. The link returns; the backlog replays while live readings flow.
     proxy.restore();
-    let live = publish(&device, 3 * PHASE + 1..=4 * PHASE);
+    let live = publish(&device, &node, 3 * PHASE + 1..=4 * PHASE);
     let replaying = async {
         wait_for("replay under way", DEADLINE, || async {
             let (_, body) = api
@@ -107,16 +134,24 @@ async fn nothing_lost_nothing_doubled_across_partition_and_crashes() -> anyhow::
     live?;
     replaying?;
     // 5. The control plane crashes during ingest and comes back.
-    let ingest = publish(&device, 4 * PHASE + 1..=5 * PHASE);
+    let ingest = publish(&device, &node, 4 * PHASE + 1..=5 * PHASE);
     let crash = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_for("ingest of the fifth phase under way", DEADLINE, || async {
+            let (_, body) = api
+                .get("/api/v1/nodes/line-1/telemetry?newest=true&limit=1")
+                .await
+                .ok()?;
+            let n = body.as_array()?.first()?["payload"]["n"].as_u64()?;
+            (n > 4 * PHASE).then_some(())
+        })
+        .await?;
         cp.kill9()?;
         Proc::control_plane(&cp_dir, api_addr, mqtt_addr)
     };
     let (ingest, restarted) = tokio::join!(ingest, crash);
     ingest?;
     cp = restarted?;
-    publish(&device, 5 * PHASE + 1..=6 * PHASE).await?;
+    publish(&device, &node, 5 * PHASE + 1..=6 * PHASE).await?;
 
     let total = 6 * PHASE;
     let stored = wait_for("every reading stored", DEADLINE, || async {

@@ -301,10 +301,11 @@ async fn offline_detection_within_the_configured_time() -> anyhow::Result<()> {
     let n = api.wait_status("silent-00000", "offline", DEADLINE).await?;
     assert_eq!(n["reason"], "heartbeat overdue", "{n}");
     let overdue_for = millis(&n["since"])? - millis(&n["last_seen"])?;
-    // Timeout 2 s, checked every 0.5 s; the rest is a margin for a loaded machine.
+    // Never before the timeout. How soon after it is the sweeper's arithmetic, tested with
+    // a given clock in `fleet.rs` (a loaded machine delays it here, not the logic).
     assert!(
-        (2_000..=4_000).contains(&overdue_for),
-        "marked offline {overdue_for} ms after the last heartbeat"
+        overdue_for >= 2_000,
+        "marked offline {overdue_for} ms after the last heartbeat, before the 2 s timeout"
     );
     let (_, events) = api.get("/api/v1/nodes/silent-00000/events").await?;
     let kinds: Vec<&str> = events

@@ -452,6 +452,8 @@ async fn create(
         .clone()
         .unwrap_or_else(|| serde_json::Value::Object(Default::default()))
         .to_string();
+    // Read the latest revision, number the next, store and deploy it as one step.
+    let _posting = state.rollouts.posting().await;
     let previous = state.store.deployment(&req.name)?;
     let revision = previous.as_ref().map_or(1, |d| d.revision + 1);
     let mut record = DeploymentRecord {

@@ -83,7 +83,7 @@ impl Plan {
         out.extend(r.stable);
         out.extend(r.nodes.values().filter_map(|p| p.prior));
         out.extend(r.nodes.values().filter_map(|p| p.fallback));
-        out.extend(r.fallbacks.values().copied());
+        out.extend(r.fallbacks.values().flatten().copied());
         out
     }
 
@@ -156,6 +156,9 @@ pub struct Rollouts {
     wake: Notify,
     /// One step at a time: steps and operator requests never interleave.
     lock: tokio::sync::Mutex<()>,
+    /// One deployment post at a time, from reading the latest revision to rolling out the
+    /// next: concurrent posts get distinct, consecutive revisions.
+    posts: tokio::sync::Mutex<()>,
     /// Nodes whose desired state could not be published; retried on the next step.
     retry: std::sync::Mutex<BTreeSet<String>>,
 }
@@ -192,6 +195,7 @@ impl Rollouts {
             plans,
             wake: Notify::new(),
             lock: tokio::sync::Mutex::new(()),
+            posts: tokio::sync::Mutex::new(()),
             retry: Default::default(),
         })
     }
@@ -203,6 +207,11 @@ impl Rollouts {
     /// Asks for a step soon (a node joined or changed labels).
     pub fn nudge(&self) {
         self.wake.notify_one();
+    }
+
+    /// Held by whoever numbers, stores and deploys a new revision (see `posts`).
+    pub async fn posting(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.posts.lock().await
     }
 
     /// Starts rolling out a stored revision; a rollout in progress is superseded.

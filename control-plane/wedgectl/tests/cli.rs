@@ -28,14 +28,37 @@ impl Target {
 }
 
 /// Runs `wedgectl --api <api> args…` off the async runtime, with the token in the
-/// environment (as a user would export it).
+/// environment (as a user would export it). A run longer than [`DEADLINE`] (a `--watch`
+/// that never ends) is killed and fails the test instead of hanging it.
 async fn ctl(t: &Target, args: &[&str]) -> anyhow::Result<Output> {
     let mut cmd = Command::new(BIN);
     cmd.arg("--api").arg(&t.api).args(args);
     cmd.env("WEDGE_TOKEN", &t.token);
     // A developer's own config must not leak into the test.
     cmd.env("XDG_CONFIG_HOME", "/nonexistent");
-    Ok(tokio::task::spawn_blocking(move || cmd.output()).await??)
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn()?;
+    let pid = child.id().to_string();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output());
+    match tokio::time::timeout(DEADLINE, output).await {
+        Ok(output) => Ok(output??),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            bail!("wedgectl {args:?} was still running after {DEADLINE:?}")
+        }
+    }
+}
+
+/// A child process killed when dropped (a failed test leaves no `--follow` behind).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn stdout(o: &Output) -> String {
@@ -236,6 +259,7 @@ async fn an_operator_lists_pushes_deploys_and_follows_a_rollout() -> anyhow::Res
         .stdout(Stdio::piped())
         .spawn()?;
     let out = follow.stdout.take().context("stdout")?;
+    let follow = KillOnDrop(follow);
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -254,8 +278,7 @@ async fn an_operator_lists_pushes_deploys_and_follows_a_rollout() -> anyhow::Res
         seqs.push(r["seq"].as_u64().context("seq")?);
     }
     ensure!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-    follow.kill()?;
-    follow.wait()?;
+    drop(follow);
 
     let events = ok(&api, &["events", "berlin-1"]).await?;
     ensure!(

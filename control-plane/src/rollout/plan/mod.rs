@@ -173,9 +173,10 @@ pub struct Rollout {
     pub nodes: BTreeMap<String, NodeProgress>,
     /// The revision each node should run (absent: none).
     pub assigned: BTreeMap<String, u64>,
-    /// Fallbacks inherited from the rollout this one superseded, for nodes as they join.
+    /// Every node the rollout this one superseded knew, with its fallback (none: it never
+    /// ran a healthy revision), for nodes as they join.
     #[serde(default)]
-    pub fallbacks: BTreeMap<String, u64>,
+    pub fallbacks: BTreeMap<String, Option<u64>>,
     pub history: Vec<Outcome>,
 }
 
@@ -216,7 +217,7 @@ impl Rollout {
         stable: Option<u64>,
         strategy: Strategy,
         assigned: BTreeMap<String, u64>,
-        fallbacks: BTreeMap<String, u64>,
+        fallbacks: BTreeMap<String, Option<u64>>,
         history: Vec<Outcome>,
         now_ms: u64,
     ) -> Self {
@@ -245,16 +246,16 @@ impl Rollout {
     /// run until the new rollout reaches them; each keeps the healthy revision it would go
     /// back to (this one's, where it runs it without failure).
     pub fn supersede(self, revision: u64, strategy: Strategy, now_ms: u64) -> Self {
-        let fallbacks: BTreeMap<String, u64> = self
+        let fallbacks: BTreeMap<String, Option<u64>> = self
             .nodes
             .keys()
             .chain(self.assigned.keys())
-            .filter_map(|id| Some((id.clone(), self.healthy_revision(id)?)))
+            .map(|id| (id.clone(), self.healthy_revision(id)))
             .collect();
         let stable = if self.phase == Phase::Complete {
             self.stable
         } else {
-            most_common(fallbacks.values().copied()).or(self.stable)
+            most_common(fallbacks.values().flatten().copied()).or(self.stable)
         };
         let mut history = self.history;
         let (phase, reason) = if self.phase.is_active() {
@@ -371,9 +372,13 @@ impl Rollout {
         for (id, o) in observed.iter().filter(|(_, o)| o.targeted) {
             if !self.nodes.contains_key(id) {
                 // A node new to the deployment waits for its batch on the stable revision.
+                // A node the superseded rollout knew keeps what it had there (perhaps
+                // nothing); a node new to the deployment starts from the stable revision.
                 let stable = self.stable.filter(|_| o.stable_targeted);
-                let prior = self.assigned.get(id).copied().or(stable);
-                let fallback = self.fallbacks.get(id).copied().or(stable);
+                let (prior, fallback) = match self.fallbacks.get(id) {
+                    Some(fallback) => (self.assigned.get(id).copied(), *fallback),
+                    None => (self.assigned.get(id).copied().or(stable), stable),
+                };
                 let state = if self.phase == Phase::Complete {
                     NodeState::Updating
                 } else {

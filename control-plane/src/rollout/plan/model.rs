@@ -142,18 +142,26 @@ impl World {
         if matches!(r.phase, Phase::RolledBack | Phase::Aborted) {
             for (i, before) in self.good_before.iter().enumerate() {
                 let assigned = r.assigned.get(&format!("n{i}")).copied();
-                if before.is_empty() {
-                    continue;
-                }
-                // It had a healthy revision: it keeps one (its own, or one the
-                // fleet completed), never none and never the failed one.
+                // Whatever it is given back, it ran healthy before or the fleet completed
+                // it: never the failed revision, never one it had not been given.
                 prop_assert!(
-                    assigned.is_some_and(|a| before.contains(&a) || self.completed.contains(&a)),
+                    assigned.is_none_or(|a| before.contains(&a) || self.completed.contains(&a)),
                     "n{} ran {:?} healthy before revision {}, now assigned {:?}",
                     i,
                     before,
                     r.revision,
                     assigned
+                );
+                if before.is_empty() {
+                    continue;
+                }
+                // It had a healthy revision: it keeps one.
+                prop_assert!(
+                    assigned.is_some(),
+                    "n{} ran {:?} healthy before revision {}, now has none",
+                    i,
+                    before,
+                    r.revision
                 );
                 prop_assert!(
                     r.stable.is_some(),
