@@ -60,32 +60,16 @@ pub fn check_log_level(level: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is first polled: a
+/// service that must not die of a signal sent during its start uses [`Signals`] instead.
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
+    let term = Signals::install().term;
+    stop_requested(
+        #[cfg(unix)]
+        term,
+    )
+    .await
 }
 
 /// Exit code for an unusable configuration (EX_USAGE).
@@ -212,6 +196,9 @@ where
     if let Err(e) = set_log_level(config.log_level()) {
         tracing::warn!("{e:#}");
     }
+    // Before the start logs anything: a signal sent as soon as the service says it started
+    // must find its handler.
+    let signals = Signals::install();
     let service = match start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -221,15 +208,85 @@ where
     };
     let token = service.shutdown_token();
     systemd_ready(token.clone());
-    reload_on_sighup(load, service.reloader(), token.clone());
+    #[cfg(unix)]
+    let (term, hup) = (signals.term, signals.hup);
+    #[cfg(not(unix))]
+    let _ = signals;
+    reload_on_sighup(
+        #[cfg(unix)]
+        hup,
+        load,
+        service.reloader(),
+        token.clone(),
+    );
     tokio::spawn(async move {
-        shutdown_signal().await;
+        stop_requested(
+            #[cfg(unix)]
+            term,
+        )
+        .await;
         tracing::info!("shutting down");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         token.cancel();
     });
     service.wait().await;
     std::process::ExitCode::SUCCESS
+}
+
+/// SIGTERM and SIGHUP listeners, installed at once (a signal that arrives before anyone
+/// waits on them is kept, not handled by the default action, which ends the process).
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for {name}");
+                    None
+                }
+            };
+            Self {
+                term: listen(SignalKind::terminate(), "SIGTERM"),
+                hup: listen(SignalKind::hangup(), "SIGHUP"),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+}
+
+/// Resolves on SIGINT or on the (already installed) SIGTERM listener.
+async fn stop_requested(#[cfg(unix)] term: Option<tokio::signal::unix::Signal>) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async move {
+        match term {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }
 
 /// Loads the configuration and checks what `load` cannot: the log filter.
@@ -241,19 +298,16 @@ fn load_checked<C: ServiceConfig>(load: &impl Fn() -> anyhow::Result<C>) -> anyh
 
 /// On each SIGHUP: loads the configuration again and hands it to `apply`.
 fn reload_on_sighup<C: ServiceConfig>(
+    #[cfg(unix)] hup: Option<tokio::signal::unix::Signal>,
     load: impl Fn() -> anyhow::Result<C> + Send + 'static,
     apply: impl Fn(C) + Send + 'static,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     #[cfg(unix)]
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; no configuration reload");
-                return;
-            }
+        let Some(mut hup) = hup else {
+            tracing::warn!("no SIGHUP listener; no configuration reload");
+            return;
         };
         loop {
             tokio::select! {

@@ -131,7 +131,10 @@ pub struct DeploymentView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RolloutView {
     pub revision: u64,
-    /// The revision nodes go back to on a rollback; absent before one completed.
+    /// The revision nodes return to that a reader can name: the last completed one, or,
+    /// once an unfinished rollout was superseded, the healthy revision most nodes share.
+    /// Absent only while nothing can be returned to (a deployment's first rollout). On a
+    /// rollback each node returns to its own healthy revision (`nodes[].revision`).
     pub stable_revision: Option<u64>,
     /// `canary`, `batches`, `complete`, `rolled_back` or `aborted`.
     pub phase: String,
@@ -330,7 +333,8 @@ async fn resume(
     control(state, name, Control::Resume).await
 }
 
-/// Stops the rollout in progress and sends every node back to the stable revision.
+/// Stops the rollout in progress and sends every node back to the healthy revision it ran
+/// before.
 #[utoipa::path(post, path = "/{name}/abort", tag = "deployments", params(("name" = String, Path, description = "deployment name")),
     responses(
         (status = 200, body = DeploymentView),
