@@ -10,6 +10,9 @@
 //!
 //! and at the end, once the link works again, everything is stored exactly once.
 
+// A test harness: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
