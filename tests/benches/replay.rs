@@ -21,6 +21,9 @@ const LIVE_PER_SEC: u64 = 1_000;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    println!(
+        "conditions: control plane, node and load in one process; uplink TLS (enrolled node certificate); API tokens on"
+    );
     let backlog: u64 = match std::env::var("WEDGE_BENCH_BACKLOG") {
         Ok(v) => v.parse()?,
         Err(_) => 100_000,

@@ -62,7 +62,20 @@ impl Proc {
         api: SocketAddr,
         mqtt: SocketAddr,
     ) -> anyhow::Result<Self> {
+        Self::control_plane_with(data_dir, api, mqtt, None)
+    }
+
+    /// `wedge-control` as [`Proc::control_plane`], with a configuration file.
+    pub fn control_plane_with(
+        data_dir: &Path,
+        api: SocketAddr,
+        mqtt: SocketAddr,
+        config: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary("wedge-control")?);
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
         cmd.arg("--data-dir")
             .arg(data_dir)
             .arg("--api-listen")
