@@ -20,6 +20,7 @@ pub mod demo;
 pub mod mosquitto;
 pub mod process;
 pub mod proxy;
+pub mod rollout;
 pub mod sim;
 
 /// Polls `check` every 50 ms until it yields `Some`, or fails after `deadline`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use wedge_tests::process::{Proc, free_port};
+use wedge_tests::rollout::{history, node_states};
 use wedge_tests::sim::{SimFleet, SimOptions};
 use wedge_tests::{Api, ControlPlane, Device, Node, wait_for};
 
@@ -14,38 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A deployment of `module` to the nodes labelled `fleet=r`.
 fn alert(name: &str, module: &str, strategy: Value) -> Value {
-    let config = if module.starts_with("threshold-alert") {
-        json!({"threshold": 50.0, "alert_topic": "alerts"})
-    } else {
-        json!({})
-    };
-    json!({
-        "name": name,
-        "module": module,
-        "selector": {"labels": {"fleet": "r"}},
-        "subscriptions": ["sensors/#"],
-        "config": config,
-        "strategy": strategy,
-    })
-}
-
-/// The rollout state of every node, by node id.
-fn node_states(d: &Value) -> Vec<(String, String, Option<u64>)> {
-    d["rollout"]["nodes"]
-        .as_array()
-        .map(|nodes| {
-            nodes
-                .iter()
-                .map(|n| {
-                    (
-                        n["node"].as_str().unwrap_or_default().to_string(),
-                        n["state"].as_str().unwrap_or_default().to_string(),
-                        n["revision"].as_u64(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    wedge_tests::rollout::deployment(name, module, "r", strategy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -186,19 +156,8 @@ async fn a_stuck_rollout_is_aborted_or_superseded() -> anyhow::Result<()> {
     for id in ["s-1", "s-2"] {
         api.wait_running_digest(id, "m", &fw, DEADLINE).await?;
     }
-    let history: Vec<(u64, String)> = d["rollout"]["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|h| {
-            (
-                h["revision"].as_u64().unwrap_or_default(),
-                h["phase"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
     assert_eq!(
-        history,
+        history(&d),
         [
             (1, "complete".to_string()),
             (2, "aborted".to_string()),

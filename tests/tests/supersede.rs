@@ -7,25 +7,14 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use wedge_tests::rollout::{history, node_states};
 use wedge_tests::{ControlPlane, Device, Node, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A deployment named `m` of `module` to the nodes labelled `fleet=s`.
 fn deployment(module: &str, strategy: Value) -> Value {
-    let config = if module.starts_with("threshold-alert") {
-        json!({"threshold": 50.0, "alert_topic": "alerts"})
-    } else {
-        json!({})
-    };
-    json!({
-        "name": "m",
-        "module": module,
-        "selector": {"labels": {"fleet": "s"}},
-        "subscriptions": ["sensors/#"],
-        "config": config,
-        "strategy": strategy,
-    })
+    wedge_tests::rollout::deployment("m", module, "s", strategy)
 }
 
 /// Canary 1, batches of 1, `bake` seconds, no failure tolerated.
@@ -35,31 +24,9 @@ fn careful(bake: u64) -> Value {
 
 /// The revision each node is assigned, in node order.
 fn assigned(d: &Value) -> Vec<(String, Option<u64>)> {
-    d["rollout"]["nodes"]
-        .as_array()
+    node_states(d)
         .into_iter()
-        .flatten()
-        .map(|n| {
-            (
-                n["node"].as_str().unwrap_or_default().to_string(),
-                n["revision"].as_u64(),
-            )
-        })
-        .collect()
-}
-
-/// How each earlier revision's rollout ended.
-fn history(d: &Value) -> Vec<(u64, String)> {
-    d["rollout"]["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|h| {
-            (
-                h["revision"].as_u64().unwrap_or_default(),
-                h["phase"].as_str().unwrap_or_default().to_string(),
-            )
-        })
+        .map(|(id, _, revision)| (id, revision))
         .collect()
 }
 

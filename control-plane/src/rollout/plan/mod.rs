@@ -596,7 +596,7 @@ mod tests {
     use super::super::strategy::Amount;
     use super::*;
 
-    fn strategy(canary: u64, batch: u64, bake: u64, ratio: f64) -> Strategy {
+    pub(super) fn strategy(canary: u64, batch: u64, bake: u64, ratio: f64) -> Strategy {
         Strategy {
             canary: Amount::Nodes(canary),
             batch: Amount::Nodes(batch),

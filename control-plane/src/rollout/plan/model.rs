@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use wedge_shared::messages::ModuleState;
 
+use super::tests::strategy;
 use super::*;
-use crate::rollout::strategy::{Amount, Strategy};
 use proptest::prelude::{
     Just, ProptestConfig, TestCaseError, any, prop_assert, prop_assert_eq, prop_oneof, proptest,
 };
@@ -235,14 +235,5 @@ proptest! {
             w.step();
             w.check(posted)?;
         }
-    }
-}
-
-fn strategy(canary: u64, batch: u64, bake: u64, ratio: f64) -> Strategy {
-    Strategy {
-        canary: Amount::Nodes(canary),
-        batch: Amount::Nodes(batch),
-        bake_seconds: bake,
-        max_failure_ratio: ratio,
     }
 }
