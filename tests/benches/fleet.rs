@@ -301,22 +301,27 @@ async fn heartbeat_burst(
     let (sent_before, sim_dropped_before) = fleet.heartbeats();
     let start = Instant::now();
     fleet.burst(per_node);
+    // Sampled every 20 ms: the burst ends at the last sample that still grew faster than
+    // twice the periodic heartbeats (n per 5 s interval); the figure is good to ±20 ms.
     let periodic_per_sec = n as f64 / 5.0;
     let mut sample = (Instant::now(), before);
     let mut peaked = false;
+    let mut last_busy = start;
     let (count, dropped) = loop {
         ensure!(start.elapsed() < DEADLINE, "heartbeat ingest never settled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let (count, dropped) = ingest(&fleet_counts(api).await.context_free()?);
-        let rate = (count - sample.1) as f64 / sample.0.elapsed().as_secs_f64();
-        sample = (Instant::now(), count);
-        if rate > 4.0 * periodic_per_sec {
+        let now = Instant::now();
+        let rate = (count - sample.1) as f64 / now.duration_since(sample.0).as_secs_f64();
+        sample = (now, count);
+        if rate > 2.0 * periodic_per_sec {
             peaked = true;
-        } else if peaked && rate < 2.0 * periodic_per_sec {
+            last_busy = now;
+        } else if peaked {
             break (count, dropped);
         }
     };
-    let took = start.elapsed();
+    let took = last_busy - start;
     let (sent_after, sim_dropped) = fleet.heartbeats();
     let sent = sent_after - sent_before;
     let processed = count - before;
