@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use wedge_tests::rollout::{history, node_states};
-use wedge_tests::{ControlPlane, Device, Node, wait_for};
+use wedge_tests::{Api, ControlPlane, Device, Node, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -28,6 +28,26 @@ fn assigned(d: &Value) -> Vec<(String, Option<u64>)> {
         .into_iter()
         .map(|(id, _, revision)| (id, revision))
         .collect()
+}
+
+/// Publishes readings through `device` (to a node running a module that traps on every
+/// message) until revision `revision` of `m` is rolled back; returns the deployment.
+async fn rolled_back_under_messages(
+    api: &Api,
+    device: &Device,
+    revision: u64,
+) -> anyhow::Result<Value> {
+    wait_for(
+        &format!("revision {revision} rolled back"),
+        DEADLINE,
+        || async {
+            device.publish("sensors/t", b"72").await.ok()?;
+            let d = api.deployment("m").await.ok().flatten()?;
+            (d["rollout"]["revision"] == revision && d["rollout"]["phase"] == "rolled_back")
+                .then_some(d)
+        },
+    )
+    .await
 }
 
 async fn fleet(cp: &ControlPlane, ids: &[&str]) -> anyhow::Result<Vec<Node>> {
@@ -134,12 +154,7 @@ async fn a_failing_revision_superseding_a_failing_one() -> anyhow::Result<()> {
         .find(|n| n.id == canary)
         .ok_or_else(|| anyhow::anyhow!("no node {canary}"))?;
     let device = Device::connect(node.local_mqtt_addr, "b-sensor", &[]).await?;
-    let d = wait_for("revision 3 rolled back", DEADLINE, || async {
-        device.publish("sensors/t", b"72").await.ok()?;
-        let d = api.deployment("m").await.ok().flatten()?;
-        (d["rollout"]["revision"] == 3 && d["rollout"]["phase"] == "rolled_back").then_some(d)
-    })
-    .await?;
+    let d = rolled_back_under_messages(api, &device, 3).await?;
     assert_eq!(d["rollout"]["stable_revision"], 1, "{d}");
     assert_eq!(
         assigned(&d),
@@ -177,12 +192,7 @@ async fn a_revision_trapping_per_message_posted_while_another_is_half_rolled() -
     api.deploy(&deployment("hostile-trap-message@1", careful(30)))
         .await?;
     let device = Device::connect(nodes[0].local_mqtt_addr, "c-sensor", &[]).await?;
-    let d = wait_for("revision 3 rolled back", DEADLINE, || async {
-        device.publish("sensors/t", b"72").await.ok()?;
-        let d = api.deployment("m").await.ok().flatten()?;
-        (d["rollout"]["revision"] == 3 && d["rollout"]["phase"] == "rolled_back").then_some(d)
-    })
-    .await?;
+    let d = rolled_back_under_messages(api, &device, 3).await?;
     assert_eq!(
         assigned(&d),
         [
