@@ -113,6 +113,8 @@ pub enum IdError {
     TooLong,
     #[error("may only contain letters, digits, '.', '_' and '-'")]
     BadCharacter,
+    #[error("must not be only dots ('.' and '..' name directories)")]
+    OnlyDots,
 }
 
 /// Checks a node id, deployment or module name.
@@ -128,6 +130,9 @@ pub fn validate_id(id: &str) -> Result<(), IdError> {
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     {
         return Err(IdError::BadCharacter);
+    }
+    if id.chars().all(|c| c == '.') {
+        return Err(IdError::OnlyDots);
     }
     Ok(())
 }
@@ -256,5 +261,11 @@ mod tests {
         assert_eq!(validate_id("a/b"), Err(IdError::BadCharacter));
         assert_eq!(validate_id("a+"), Err(IdError::BadCharacter));
         assert_eq!(validate_id(&"x".repeat(129)), Err(IdError::TooLong));
+        // Ids name directories and files: never the current or parent directory.
+        assert_eq!(validate_id("."), Err(IdError::OnlyDots));
+        assert_eq!(validate_id(".."), Err(IdError::OnlyDots));
+        assert_eq!(validate_id("..."), Err(IdError::OnlyDots));
+        assert!(validate_id(".hidden").is_ok());
+        assert!(validate_id("a..b").is_ok());
     }
 }

@@ -117,12 +117,21 @@ impl WasiView for HostState {
 }
 
 /// Whether a module with these allowed prefixes may publish to `topic`.
+/// Whether `topic` lies under the publish prefix `prefix`, level by level: `alerts` and
+/// `alerts/` admit `alerts` and `alerts/…`, never `alerts-evil/…`.
+fn under_prefix(prefix: &str, topic: &str) -> bool {
+    let Some(rest) = topic.strip_prefix(prefix) else {
+        return false;
+    };
+    rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/')
+}
+
 pub fn topic_allowed(prefixes: &[String], topic: &str) -> Result<(), String> {
     validate_topic(topic).map_err(|e| format!("topic {topic:?}: {e}"))?;
     if RESERVED_PREFIXES.iter().any(|p| topic.starts_with(p)) {
         return Err(format!("topic {topic:?} is reserved for the node"));
     }
-    if !prefixes.is_empty() && !prefixes.iter().any(|p| topic.starts_with(p.as_str())) {
+    if !prefixes.is_empty() && !prefixes.iter().any(|p| under_prefix(p, topic)) {
         return Err(format!(
             "topic {topic:?} is outside the prefixes this deployment allows: {prefixes:?}"
         ));
@@ -245,5 +254,15 @@ mod tests {
         let only = vec!["alerts/".to_string()];
         assert!(topic_allowed(&only, "alerts/x").is_ok());
         assert!(topic_allowed(&only, "actuators/valve").is_err());
+        // A prefix matches whole topic levels, with or without its trailing '/'.
+        let bare = vec!["alerts".to_string()];
+        assert!(topic_allowed(&bare, "alerts").is_ok());
+        assert!(topic_allowed(&bare, "alerts/x").is_ok());
+        assert!(topic_allowed(&bare, "alerts-evil/x").is_err());
+        assert!(topic_allowed(&bare, "alertsx").is_err());
+        assert!(topic_allowed(&only, "alerts-evil/x").is_err());
+        let partial = vec!["site/a".to_string()];
+        assert!(topic_allowed(&partial, "site/ab/x").is_err());
+        assert!(topic_allowed(&partial, "site/a/x").is_ok());
     }
 }
