@@ -422,7 +422,20 @@ async fn on_blob_request(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
     let Ok(req) = decode_counted::<BlobRequest>(ctx, msg) else {
         return Ok(());
     };
-    let Some(blob) = ctx.store.blob(&req.digest)? else {
+    // A node gets only the modules its own desired state names: another deployment's code
+    // (perhaps a competitor's, perhaps carrying secrets in its data) is "not found" to it,
+    // whether or not it exists.
+    let wanted = ctx
+        .store
+        .desired(&msg.node)?
+        .is_some_and(|d| d.modules.iter().any(|m| m.digest == req.digest));
+    let blob = if wanted {
+        ctx.store.blob(&req.digest)?
+    } else {
+        tracing::debug!(node = msg.node, digest = %req.digest, "blob not in the node's desired state");
+        None
+    };
+    let Some(blob) = blob else {
         ctx.publisher
             .blob(&msg.node, &BlobReply::NotFound { digest: req.digest })
             .await
