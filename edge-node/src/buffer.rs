@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wedge_shared::messages::TelemetryRecord;
+use wedge_shared::messages::{TelemetryBatch, TelemetryRecord};
 use wedge_shared::topics::validate_id;
 
 /// Largest payload of one record.
@@ -63,17 +63,6 @@ pub enum Error {
     Store(#[from] sled::Error),
     #[error("stored record {seq} is unreadable: {reason}")]
     Corrupt { seq: u64, reason: String },
-}
-
-/// Records of one epoch, ready to send.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
-    pub epoch: u64,
-    /// The epoch's first position.
-    pub epoch_start: u64,
-    /// The lowest position of the epoch still held (below it: dropped or delivered).
-    pub first_available: u64,
-    pub records: Vec<TelemetryRecord>,
 }
 
 #[derive(Debug)]
@@ -367,7 +356,7 @@ impl Buffer {
         after: u64,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Option<Batch>, Error> {
+    ) -> Result<Option<TelemetryBatch>, Error> {
         let durable = self.durable();
         if after >= durable {
             return Ok(None);
@@ -406,7 +395,7 @@ impl Buffer {
         if records.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Batch {
+        Ok(Some(TelemetryBatch {
             epoch,
             epoch_start,
             first_available: first_held.max(epoch_start),
@@ -503,7 +492,7 @@ mod tests {
             .block_on(f)
     }
 
-    fn seqs(batch: &Batch) -> Vec<u64> {
+    fn seqs(batch: &TelemetryBatch) -> Vec<u64> {
         batch.records.iter().map(|r| r.seq).collect()
     }
 

@@ -127,12 +127,7 @@ impl World {
                         "record {last} sent before it was durable ({})",
                         self.buffer().durable()
                     );
-                    self.link.push(TelemetryBatch {
-                        epoch: batch.epoch,
-                        epoch_start: batch.epoch_start,
-                        first_available: batch.first_available,
-                        records: batch.records,
-                    });
+                    self.link.push(batch);
                     self.uploader.sent(last, std::time::Instant::now());
                 }
             }

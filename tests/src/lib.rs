@@ -161,11 +161,36 @@ impl ControlPlane {
         }
     }
 
+    /// TLS settings of a node with a certificate for `cn` from this control plane's own CA
+    /// (enrolled, as far as the broker can tell): for tests that play a node by hand.
+    pub fn node_tls(&self, cn: &str) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+        let ca = wedge_pki::Ca::load_or_create(&self.data_dir)?;
+        let credential = ca.issue_client(cn, Duration::from_secs(3600))?;
+        Ok(wedge_pki::client_config(ca.cert_pem(), &credential)?)
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
     }
+}
+
+/// The status message of a node `node` that runs nothing: the control plane registers it.
+pub fn idle_heartbeat(node: &str) -> Vec<u8> {
+    use wedge_shared::messages::{Heartbeat, StatusMessage};
+    wedge_shared::encode(&StatusMessage::Heartbeat(Heartbeat {
+        node_id: node.to_string(),
+        sent_at_ms: wedge_shared::now_ms(),
+        arch: "x86_64".into(),
+        version: "test".into(),
+        labels: Default::default(),
+        desired_generation: 0,
+        applied_generation: 0,
+        modules: Vec::new(),
+        buffer: Default::default(),
+        resources: Default::default(),
+    }))
 }
 
 /// An edge node running in this process.

@@ -6,18 +6,16 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
-use wedge_shared::messages::{BlobReply, BlobRequest, Heartbeat, StatusMessage};
+use wedge_shared::messages::{BlobReply, BlobRequest};
 use wedge_shared::topics::NodeTopic;
-use wedge_tests::{ControlPlane, Node};
+use wedge_tests::{ControlPlane, Node, idle_heartbeat};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A node of the control plane's broker with a valid certificate for `id` (enrolled as far
 /// as the broker can tell), driven by hand.
 fn hostile_node(cp: &ControlPlane, id: &str) -> anyhow::Result<(AsyncClient, rumqttc::EventLoop)> {
-    let ca = wedge_pki::Ca::load_or_create(cp.data_dir())?;
-    let credential = ca.issue_client(id, Duration::from_secs(3600))?;
-    let tls = wedge_pki::client_config(ca.cert_pem(), &credential)?;
+    let tls = cp.node_tls(id)?;
     let mut opts = MqttOptions::new(id, "127.0.0.1", cp.mqtt_addr.port());
     opts.set_keep_alive(Duration::from_secs(10));
     // Blob chunks are larger than rumqttc's default packet limit.
@@ -29,22 +27,6 @@ fn hostile_node(cp: &ControlPlane, id: &str) -> anyhow::Result<(AsyncClient, rum
         rumqttc::TlsConfiguration::Rustls(tls),
     ));
     Ok(AsyncClient::new(opts, 16))
-}
-
-/// A heartbeat from `node` that runs nothing: the control plane registers it.
-fn heartbeat(node: &str) -> Vec<u8> {
-    wedge_shared::encode(&StatusMessage::Heartbeat(Heartbeat {
-        node_id: node.to_string(),
-        sent_at_ms: wedge_shared::now_ms(),
-        arch: "x86_64".into(),
-        version: "test".into(),
-        labels: Default::default(),
-        desired_generation: 0,
-        applied_generation: 0,
-        modules: Vec::new(),
-        buffer: Default::default(),
-        resources: Default::default(),
-    }))
 }
 
 /// Asks for the first chunk of `digest` on `node`'s own topics and returns the answer.
@@ -120,7 +102,7 @@ async fn a_node_fetches_only_the_modules_of_its_own_desired_state() -> anyhow::R
             NodeTopic::Status.for_node("nosy"),
             QoS::AtLeastOnce,
             true,
-            heartbeat("nosy"),
+            idle_heartbeat("nosy"),
         )
         .await?;
     let started = std::time::Instant::now();

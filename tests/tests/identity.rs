@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
-use wedge_shared::messages::{Heartbeat, StatusMessage};
 use wedge_shared::topics::NodeTopic;
-use wedge_tests::{ControlPlane, Device, Node, wait_for};
+use wedge_tests::{ControlPlane, Device, Node, idle_heartbeat, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -25,13 +24,6 @@ fn client(
         ));
     }
     AsyncClient::new(opts, 16)
-}
-
-/// TLS settings with a certificate for `cn` from the control plane's own CA.
-fn node_tls(cp: &ControlPlane, cn: &str) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
-    let ca = wedge_pki::Ca::load_or_create(cp.data_dir())?;
-    let credential = ca.issue_client(cn, Duration::from_secs(3600))?;
-    Ok(wedge_pki::client_config(ca.cert_pem(), &credential)?)
 }
 
 /// Polls until the connection is accepted, refused, or fails; returns the outcome.
@@ -89,7 +81,7 @@ async fn the_broker_admits_only_enrolled_nodes() -> anyhow::Result<()> {
     assert!(connect_outcome(&mut foreign).await.is_err());
 
     // Our CA's certificate, but another node's client id: refused (no session takeover).
-    let (_c, mut takeover) = client(&cp, "n2", Some(node_tls(&cp, "n1")?));
+    let (_c, mut takeover) = client(&cp, "n2", Some(cp.node_tls("n1")?));
     assert!(matches!(
         connect_outcome(&mut takeover).await,
         Err(ConnectionError::ConnectionRefused(
@@ -101,7 +93,7 @@ async fn the_broker_admits_only_enrolled_nodes() -> anyhow::Result<()> {
     let (_c, mut service) = client(
         &cp,
         "svc",
-        Some(node_tls(&cp, "wedge service control-plane")?),
+        Some(cp.node_tls("wedge service control-plane")?),
     );
     assert!(matches!(
         connect_outcome(&mut service).await,
@@ -113,7 +105,7 @@ async fn the_broker_admits_only_enrolled_nodes() -> anyhow::Result<()> {
     // A node's last will on another node's status topic: refused.
     let mut opts = MqttOptions::new("n1", "127.0.0.1", cp.mqtt_addr.port());
     opts.set_transport(rumqttc::Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Rustls(node_tls(&cp, "n1")?),
+        rumqttc::TlsConfiguration::Rustls(cp.node_tls("n1")?),
     ));
     opts.set_last_will(rumqttc::LastWill::new(
         NodeTopic::Status.for_node("victim"),
@@ -130,25 +122,10 @@ async fn the_broker_admits_only_enrolled_nodes() -> anyhow::Result<()> {
     ));
 
     // The right certificate and client id: admitted.
-    let (_c, mut good) = client(&cp, "n1", Some(node_tls(&cp, "n1")?));
+    let (_c, mut good) = client(&cp, "n1", Some(cp.node_tls("n1")?));
     connect_outcome(&mut good).await?;
     cp.stop().await;
     Ok(())
-}
-
-fn heartbeat(node: &str) -> Vec<u8> {
-    wedge_shared::encode(&StatusMessage::Heartbeat(Heartbeat {
-        node_id: node.to_string(),
-        sent_at_ms: wedge_shared::now_ms(),
-        arch: "x86_64".into(),
-        version: "test".into(),
-        labels: Default::default(),
-        desired_generation: 0,
-        applied_generation: 0,
-        modules: Vec::new(),
-        buffer: Default::default(),
-        resources: Default::default(),
-    }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -157,13 +134,13 @@ async fn a_node_may_use_only_its_own_topics() -> anyhow::Result<()> {
     let api = &cp.api;
 
     // Its own heartbeat is taken.
-    let (mine, mut el) = client(&cp, "honest", Some(node_tls(&cp, "honest")?));
+    let (mine, mut el) = client(&cp, "honest", Some(cp.node_tls("honest")?));
     connect_outcome(&mut el).await?;
     mine.publish(
         NodeTopic::Status.for_node("honest"),
         QoS::AtLeastOnce,
         false,
-        heartbeat("honest"),
+        idle_heartbeat("honest"),
     )
     .await?;
     // (The client's event loop must run for the publish to go out.)
@@ -177,7 +154,7 @@ async fn a_node_may_use_only_its_own_topics() -> anyhow::Result<()> {
         NodeTopic::Status.for_node("victim"),
         QoS::AtLeastOnce,
         false,
-        heartbeat("victim"),
+        idle_heartbeat("victim"),
     )
     .await?;
     assert!(
@@ -188,7 +165,7 @@ async fn a_node_may_use_only_its_own_topics() -> anyhow::Result<()> {
     assert_eq!(status, 404, "the forged heartbeat must not register a node");
 
     // Subscribing to another node's desired state ends the connection too.
-    let (mine, mut el) = client(&cp, "honest", Some(node_tls(&cp, "honest")?));
+    let (mine, mut el) = client(&cp, "honest", Some(cp.node_tls("honest")?));
     connect_outcome(&mut el).await?;
     mine.subscribe(NodeTopic::Desired.for_node("victim"), QoS::AtLeastOnce)
         .await?;
@@ -199,7 +176,7 @@ async fn a_node_may_use_only_its_own_topics() -> anyhow::Result<()> {
 
     // So does a wildcard over every node, and publishing on a control-plane topic of its own.
     for attempt in 0..2 {
-        let (mine, mut el) = client(&cp, "honest", Some(node_tls(&cp, "honest")?));
+        let (mine, mut el) = client(&cp, "honest", Some(cp.node_tls("honest")?));
         connect_outcome(&mut el).await?;
         if attempt == 0 {
             mine.subscribe("wedge/v1/nodes/+/desired", QoS::AtLeastOnce)

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wedge_shared::messages::TelemetryBatch;
 
 use crate::buffer::Buffer;
 use crate::uplink::UplinkClient;
@@ -178,12 +177,7 @@ fn send_more(buffer: &Buffer, client: &UplinkClient, up: &mut Uploader) {
         let Some(last) = batch.records.last().map(|r| r.seq) else {
             return;
         };
-        if !client.telemetry(&TelemetryBatch {
-            epoch: batch.epoch,
-            epoch_start: batch.epoch_start,
-            first_available: batch.first_available,
-            records: batch.records,
-        }) {
+        if !client.telemetry(&batch) {
             // The client's queue is full (link down or slow): try again on the next event.
             return;
         }
