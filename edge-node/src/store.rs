@@ -143,6 +143,23 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Opens the store in `dir` again after an earlier handle was dropped. sled releases its
+    /// file lock asynchronously (its flusher thread holds the database a moment longer), so
+    /// a reopen in the same process waits for the lock, with a deadline.
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot reopen the store: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn desired_and_blobs_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -157,7 +174,7 @@ mod tests {
             s.put_desired(&state).unwrap();
             s.put_blob(&d, b"blob").unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         assert_eq!(s.desired().unwrap(), Some(state));
         assert!(s.has_blob(&d).unwrap());
         assert_eq!(s.blob(&d).unwrap().unwrap(), b"blob");
@@ -184,7 +201,7 @@ mod tests {
                 Err(KvError::KeyTooLong(_))
             ));
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         let kv = s.kv("m", 20).unwrap();
         assert_eq!(kv.used(), 17);
         assert_eq!(kv.get("a").unwrap().unwrap(), b"0123456789abcdef");

@@ -333,6 +333,23 @@ mod tests {
         }
     }
 
+    /// Opens the store in `dir` again after an earlier handle was dropped. sled releases its
+    /// file lock asynchronously (its flusher thread holds the database a moment longer), so
+    /// a reopen in the same process waits for the lock, with a deadline.
+    pub(super) fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot reopen the store: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn modules_and_blobs_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -341,7 +358,7 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             store.put_module(&m, b"blob-a").unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.module("a", "1").unwrap(), Some(m.clone()));
         assert_eq!(store.module_by_digest(&m.digest).unwrap(), Some(m.clone()));
         assert_eq!(store.blob(&m.digest).unwrap().unwrap(), b"blob-a");

@@ -541,7 +541,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = super::super::tests::reopen(dir.path());
         let all = store.telemetry("n", None, 0, 10).unwrap();
         assert_eq!(node_seqs(&all), [(0, 1), (0, 2)]);
         // An old node (epoch 0) re-sending is recognised; its next record is stored next.
