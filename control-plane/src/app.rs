@@ -123,7 +123,13 @@ impl App {
         };
         let (publisher, session) = mqtt::connect(
             (&connect_host, mqtt_addr.port()),
-            &format!("wedge-control-{}", std::process::id()),
+            // Reserved (no node or enrolling client can take it over) and unique per
+            // process, so a restart or a second process never kicks this one off.
+            &wedge_shared::topics::control_plane_client_id(&format!(
+                "{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            )),
             config.mqtt_max_payload,
             tls,
             config.external_credentials()?,

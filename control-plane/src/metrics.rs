@@ -191,6 +191,11 @@ impl Collector for FleetCollector {
                 "Messages that claimed another node's id",
                 get(&c.impersonation),
             ),
+            (
+                "wedge_mqtt_connects",
+                "Times the control plane's own session connected to its broker",
+                get(&c.connects),
+            ),
         ] {
             shared::encode_counter(&mut encoder, name, help, value)?;
         }

@@ -47,6 +47,9 @@ pub struct Counters {
     pub telemetry_acks: AtomicU64,
     /// Whether our session is connected to the broker (readiness).
     pub connected: AtomicBool,
+    /// Times our session connected to the broker: 1 in a healthy run; more means it was
+    /// cut off (a broker restart, or a client taking its id).
+    pub connects: AtomicU64,
 }
 
 /// Publishes on behalf of the control plane. Cheap to clone.
@@ -177,6 +180,7 @@ impl Session {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_millis(100);
                     ctx.counters.connected.store(true, Ordering::Relaxed);
+                    ctx.counters.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!("connected to the broker");
                     let client = self.client.clone();
                     // Subscribing from this task could wait on the queue this loop drains.

@@ -79,7 +79,7 @@ impl App {
         broker_cfg.gate = Some(std::sync::Arc::new(crate::devices::SharedDeviceGate(
             devices,
         )));
-        let link_id = format!("wedge-node-{}", config.node_id);
+        let link_id = wedge_shared::topics::node_link_client_id(&config.node_id);
         let (broker, publisher, receiver) = tokio::task::spawn_blocking(move || {
             EmbeddedBroker::start_with_link(&broker_cfg, &link_id)
         })
@@ -141,7 +141,15 @@ impl App {
         let shutdown = lifecycle.token();
         let tracker = lifecycle.tracker();
         let (inbound_tx, inbound_rx) = mpsc::channel(256);
-        tracker.spawn(router::run(receiver, routes, shutdown.clone()));
+        // Readiness follows the in-process link: if it closes, local messages no longer
+        // reach modules, and a supervisor should know.
+        let local_link = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let link_open = local_link.clone();
+        let router_shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            router::run(receiver, routes, router_shutdown).await;
+            link_open.store(false, std::sync::atomic::Ordering::Relaxed);
+        });
         tracker.spawn(events::forward(events_rx, client.clone(), shutdown.clone()));
         // The agent stops first, then the session says goodbye: the session gets its own
         // token, cancelled when the agent is done.
@@ -167,6 +175,7 @@ impl App {
                 broker,
                 buffer: buffer.clone(),
                 uplink: uplink_counters,
+                local_link,
             },
             shutdown.clone(),
         ));

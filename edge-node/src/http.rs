@@ -2,7 +2,8 @@
 //! supervisors. It listens on `http_listen` (loopback by default: the series name modules
 //! and the node's backlog, so expose it deliberately).
 //!
-//! Readiness is about local work: the local broker runs and the store answers. The uplink
+//! Readiness is about local work: the local broker runs, its in-process link to the modules
+//! is open, and the store answers. The uplink
 //! is *reported* (`uplink: connected|disconnected`) but does not make the node unready —
 //! a node cut off from the control plane still runs its modules and buffers telemetry, which
 //! is its job; restarting it for a dead uplink would only lose that.
@@ -31,6 +32,8 @@ pub struct HttpState {
     pub broker: Arc<EmbeddedBroker>,
     pub buffer: Buffer,
     pub uplink: Arc<uplink::Counters>,
+    /// Whether the in-process link that carries local messages to modules is open.
+    pub local_link: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Binds `addr` (so a taken port fails the start, before anything else runs).
@@ -63,6 +66,7 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     let broker = state.broker.is_running();
+    let link = state.local_link.load(Ordering::Relaxed);
     let buffer = state.buffer.clone();
     // A sled read; off the async threads in case the disk is slow.
     let store = tokio::task::spawn_blocking(move || buffer.first_available().is_ok())
@@ -73,10 +77,11 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     } else {
         "disconnected"
     };
-    let ready = broker && store;
+    let ready = broker && link && store;
     let body = serde_json::json!({
         "ready": ready,
         "local_broker": if broker { "running" } else { "stopped" },
+        "module_link": if link { "open" } else { "closed" },
         "store": if store { "ok" } else { "failing" },
         "uplink": uplink,
     });

@@ -104,6 +104,28 @@ pub fn parse_enroll_request(topic: &str) -> Option<&str> {
     validate_id(node).ok().map(|()| node)
 }
 
+/// MQTT client ids of Wedge's own connections begin with this: the control plane's client on
+/// its broker (`wedge:control-plane:…`) and a node's in-process link on its local broker
+/// (`wedge:node:{id}`). No node id can (`:` is not allowed in one), and a node's device gate
+/// refuses it, so nobody can connect with an internal id and take over its session.
+pub const INTERNAL_CLIENT_PREFIX: &str = "wedge:";
+
+/// The client id of a node's in-process link to its own local broker.
+pub fn node_link_client_id(node: &str) -> String {
+    format!("{INTERNAL_CLIENT_PREFIX}node:{node}")
+}
+
+/// The client id of a control-plane process on its broker; `instance` tells processes
+/// (replicas, restarts) apart.
+pub fn control_plane_client_id(instance: &str) -> String {
+    format!("{INTERNAL_CLIENT_PREFIX}control-plane:{instance}")
+}
+
+/// Whether `client_id` is reserved for Wedge's own connections.
+pub fn is_internal_client_id(client_id: &str) -> bool {
+    client_id.starts_with(INTERNAL_CLIENT_PREFIX)
+}
+
 /// Why a node id or instance name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
@@ -267,5 +289,17 @@ mod tests {
         assert_eq!(validate_id("..."), Err(IdError::OnlyDots));
         assert!(validate_id(".hidden").is_ok());
         assert!(validate_id("a..b").is_ok());
+    }
+
+    #[test]
+    fn internal_client_ids_are_never_node_ids() {
+        for id in [node_link_client_id("n1"), control_plane_client_id("7")] {
+            assert!(is_internal_client_id(&id));
+            assert!(
+                validate_id(&id).is_err(),
+                "{id} must not be a valid node id"
+            );
+        }
+        assert!(!is_internal_client_id("wedge-control-1"));
     }
 }

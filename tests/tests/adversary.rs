@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use wedge_shared::messages::{BlobReply, BlobRequest};
 use wedge_shared::topics::NodeTopic;
-use wedge_tests::{ControlPlane, Node, idle_heartbeat};
+use wedge_tests::{ControlPlane, Device, Node, idle_heartbeat};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -127,4 +129,129 @@ async fn a_node_fetches_only_the_modules_of_its_own_desired_state() -> anyhow::R
     drop(honest);
     cp.stop().await;
     Ok(())
+}
+
+/// A device that connects with the client id of the node's own in-process link is refused
+/// (it would have kicked the link off and left the modules deaf while the node looked
+/// ready); one that uses the old, unreserved form of that id is just another device. Alerts
+/// keep flowing and `/readyz` stays truthful throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_cannot_take_over_the_node_s_own_link() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let node = Node::start(&cp, "edge-1", &[]).await?;
+    cp.api.upload_module("threshold-alert", "1").await?;
+    cp.api
+        .deploy(
+            &json!({"name": "alert", "module": "threshold-alert@1", "nodes": ["edge-1"],
+            "subscriptions": ["sensors/#"],
+            "config": {"threshold": 50, "alert_topic": "alerts/temp"}}),
+        )
+        .await?;
+    cp.api
+        .wait_module_state("edge-1", "alert", "running", DEADLINE)
+        .await?;
+    let mut device = Device::connect(node.local_mqtt_addr, "device-1", &["alerts/#"]).await?;
+    alert_flows(&mut device, 60).await?;
+
+    let internal = wedge_shared::topics::node_link_client_id("edge-1");
+    assert!(
+        !device_admitted(node.local_mqtt_addr, &internal).await?,
+        "a device connected as {internal}"
+    );
+    assert!(device_admitted(node.local_mqtt_addr, "wedge-node-edge-1").await?);
+
+    alert_flows(&mut device, 70).await?;
+    let (status, ready) = get_json(&format!("http://{}/readyz", node.http_addr()?)).await?;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["module_link"], "open");
+    cp.stop().await;
+    Ok(())
+}
+
+/// A client that enrolls (or holds a node certificate) cannot use the control plane's own
+/// client id on its broker: that id is not a node id, so the gate refuses it, and the
+/// control plane keeps its session (nodes stay online, desired states still arrive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nobody_takes_over_the_control_plane_s_session() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let mut honest = Node::start(&cp, "honest", &[]).await?;
+    cp.api.wait_status("honest", "online", DEADLINE).await?;
+    let connects = || async {
+        let (_, text) = cp.api.get_text("/metrics").await?;
+        wedge_tests::metric(&text, "wedge_mqtt_connects_total", &[])
+            .context("wedge_mqtt_connects_total")
+    };
+    assert_eq!(connects().await?, 1.0);
+    // With a node certificate whose name is that id (the control plane's own id before it
+    // was reserved, and the reserved form): refused, or confined to that (unused) node's
+    // topics. Each keeps trying for a while, as a takeover loop would.
+    for id in [
+        format!("wedge-control-{}", std::process::id()),
+        wedge_shared::topics::control_plane_client_id("1"),
+    ] {
+        let (_client, mut eventloop) = hostile_node(&cp, &id)?;
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                if eventloop.poll().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        })
+        .await;
+    }
+    assert_eq!(
+        connects().await?,
+        1.0,
+        "the control plane's session was cut off"
+    );
+    let (status, ready) = cp.api.get_text("/readyz").await?;
+    assert_eq!((status, ready.as_str()), (200, "ready"));
+    // The control plane still talks to nodes: a deployment reaches the honest node.
+    let digest = cp.api.upload_module("forward", "1").await?;
+    cp.api
+        .deploy(
+            &json!({"name": "fw", "module": "forward@1", "nodes": ["honest"],
+            "subscriptions": ["sensors/#"]}),
+        )
+        .await?;
+    cp.api
+        .wait_running_digest("honest", "fw", &digest, DEADLINE)
+        .await?;
+    honest.stop().await;
+    cp.stop().await;
+    Ok(())
+}
+
+async fn get_json(url: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    let response = reqwest::get(url).await?;
+    Ok((response.status().as_u16(), response.json().await?))
+}
+
+/// A reading above the threshold makes an alert that the device receives.
+async fn alert_flows(device: &mut Device, value: u32) -> anyhow::Result<()> {
+    device
+        .publish("sensors/temp", value.to_string().as_bytes())
+        .await?;
+    let (topic, alert) = device.recv(DEADLINE).await?;
+    let alert: serde_json::Value = serde_json::from_slice(&alert)?;
+    anyhow::ensure!(topic == "alerts/temp" && alert["value"] == f64::from(value));
+    Ok(())
+}
+
+/// Whether the node's local broker accepts a device (with valid credentials) connecting
+/// as `client_id`.
+async fn device_admitted(broker: std::net::SocketAddr, client_id: &str) -> anyhow::Result<bool> {
+    let mut opts = MqttOptions::new(client_id, broker.ip().to_string(), broker.port());
+    opts.set_credentials(wedge_tests::DEVICE_USER, wedge_tests::DEVICE_PASSWORD);
+    let (_client, mut eventloop) = AsyncClient::new(opts, 4);
+    let admitted = tokio::time::timeout(DEADLINE, async {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                ack.code == rumqttc::ConnectReturnCode::Success
+            }
+            _ => false,
+        }
+    })
+    .await?;
+    Ok(admitted)
 }

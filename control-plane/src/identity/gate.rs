@@ -9,7 +9,8 @@
 //! - A node (client certificate, common name = node id) must use its node id as MQTT
 //!   client id (no taking over another node's session), may set a last will only on its
 //!   own status topic, publish only the kinds a node sends under `wedge/v1/nodes/{id}/`,
-//!   and subscribe only to its own topics. Anything else ends its connection.
+//!   and subscribe only to its own topics; only its status may be retained. Anything else
+//!   ends its connection.
 //! - The control plane's own client (the certificate made at this start) may do anything.
 //! - A client without a certificate may only enroll: password = a valid bootstrap token,
 //!   client id = the node id it asks for, one request topic and one reply topic, for at
@@ -145,6 +146,12 @@ impl Session for NodeSession {
         matches!(topics::parse(filter), Some((node, kind)) if node == self.node && !kind.from_node())
     }
 
+    /// Only its status (heartbeat, goodbye) is retained, so a control plane that starts
+    /// later sees it; nothing else a node sends is meant to outlive its connection.
+    fn may_retain(&self, topic: &str) -> bool {
+        topic == NodeTopic::Status.for_node(&self.node)
+    }
+
     /// Ends at revocation, or when the certificate expires (the node has renewed long
     /// before and reconnects with the new one).
     fn ended(&self) -> BoxFuture<()> {
@@ -188,6 +195,10 @@ impl Session for EnrollSession {
 
     fn may_subscribe(&self, filter: &str) -> bool {
         filter == self.reply
+    }
+
+    fn may_retain(&self, _: &str) -> bool {
+        false
     }
 
     fn ended(&self) -> BoxFuture<()> {

@@ -8,9 +8,10 @@
 //! connection timeout: a client that never finishes its handshake cannot stall the accept
 //! loop), decides about the CONNECT (refused with a CONNACK return code, so the client
 //! learns why), and hands back a [`Session`] that every PUBLISH and SUBSCRIBE of the
-//! connection is checked against. A packet the session does not allow ends the connection:
+//! connection is checked against, before it reaches the router. A packet the session does not allow ends the connection:
 //! MQTT 3.1.1 has no way to refuse a single PUBLISH. [`Session::ended`] resolving ends it too,
-//! at once (a revoked credential).
+//! at once (a revoked credential). Gated connections always get clean sessions and may not
+//! use shared subscriptions (`$share/…`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,6 +58,12 @@ pub trait Gate: Send + Sync + 'static {
 pub trait Session: Send + Sync + 'static {
     fn may_publish(&self, topic: &str) -> bool;
     fn may_subscribe(&self, filter: &str) -> bool;
+    /// Whether a PUBLISH to `topic` (already allowed by [`Session::may_publish`]) may set
+    /// the retain flag: a retained message outlives the connection and reaches every later
+    /// subscriber.
+    fn may_retain(&self, _topic: &str) -> bool {
+        true
+    }
     /// Resolves when the connection must end now.
     fn ended(&self) -> BoxFuture<()>;
 }

@@ -78,12 +78,18 @@ fn refused<'a>(
                 if !session.may_publish(&topic) {
                     return Some(format!("publish to {topic}"));
                 }
+                if publish.retain && !session.may_retain(&topic) {
+                    return Some(format!("retained publish to {topic}"));
+                }
             }
             Packet::Subscribe(subscribe, _) => {
+                // Shared subscriptions ($share/group/filter) are not offered on gated
+                // connections: rumqttd's shared-subscription state is not bounded per
+                // client and its cleanup path has panicked.
                 if let Some(f) = subscribe
                     .filters
                     .iter()
-                    .find(|f| !session.may_subscribe(&f.path))
+                    .find(|f| f.path.starts_with("$share/") || !session.may_subscribe(&f.path))
                 {
                     return Some(format!("subscribe to {}", f.path));
                 }
@@ -111,7 +117,11 @@ impl<P: Protocol> RemoteLink<P> {
         // Register this connection with the router. Router replys with ack which if ok will
         // start the link. Router can sometimes reject the connection (ex max connection limit)
         let client_id = assigned_client_id.as_ref().unwrap_or(&connect.client_id);
-        let clean_session = connect.clean_session;
+        // Wedge patch: a gated connection always gets a clean session. Wedge's own clients
+        // use clean sessions; a persistent one would keep state for a client that never
+        // returns (queued deliveries, unreleased QoS 2) and took a path in the router that
+        // could abort the process (a shared-subscription group gone when it was saved).
+        let clean_session = connect.clean_session || session.is_some();
 
         let topic_alias_max = props.as_ref().and_then(|p| p.topic_alias_max);
         let session_expiry = props
@@ -175,17 +185,25 @@ impl<P: Protocol> RemoteLink<P> {
                 _ = &mut ended => return Err(Error::Ended),
                 o = self.network.read() => {
                     let packet = o?;
+                    // Wedge patch: every packet is read into a batch of this connection's
+                    // own and checked by the gate before any of it enters the router's
+                    // shared buffer. Reading straight into the shared buffer let a
+                    // forbidden PUBLISH followed by a malformed frame through: the read
+                    // error returned before the check could take it out again.
+                    let mut batch = VecDeque::with_capacity(1);
+                    batch.push_back(packet);
+                    let read = self.network.readv(&mut batch);
+                    if let Some(session) = &self.session {
+                        if let Some(what) = refused(session.as_ref(), batch.iter()) {
+                            return Err(Error::Refused(what));
+                        }
+                    }
+                    // A malformed frame ends the connection; what came before it in the
+                    // same read is dropped with it.
+                    read?;
                     let len = {
                         let mut buffer = self.link_tx.buffer();
-                        let before = buffer.len();
-                        buffer.push_back(packet);
-                        self.network.readv(&mut buffer)?;
-                        if let Some(session) = &self.session {
-                            if let Some(what) = refused(session.as_ref(), buffer.iter().skip(before)) {
-                                buffer.truncate(before);
-                                return Err(Error::Refused(what));
-                            }
-                        }
+                        buffer.append(&mut batch);
                         buffer.len()
                     };
 

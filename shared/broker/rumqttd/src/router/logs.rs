@@ -428,6 +428,11 @@ impl AckLog {
         self.committed.push_back(ack);
     }
 
+    /// QoS 2 publishes received and not yet released by a PUBREL (Wedge patch).
+    pub fn unreleased(&self) -> usize {
+        self.recorded.len()
+    }
+
     pub fn pubrel(&mut self, ack: PubRel) {
         let ack = Ack::PubRel(ack);
         self.committed.push_back(ack);

@@ -18,6 +18,10 @@ use std::time::SystemTime;
 use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 
+/// Wedge patch: QoS 2 publishes one connection may have received and not yet released
+/// (PUBREL). rumqttc's default in-flight window is 100.
+pub(crate) const MAX_UNRELEASED_QOS2: usize = 1024;
+
 use super::alertlog::{Alert, AlertLog};
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
@@ -505,12 +509,15 @@ impl Router {
                 if let Some(cursor) = retransmissions.get(&request.filter_idx) {
                     request.cursor = *cursor;
                     // reset the group cursor
-                    if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                    // Wedge patch: the group can be gone (its last member left before
+                    // this session was saved); upstream's `expect` here let a device abort
+                    // the whole broker process.
+                    if let Some(group) = request
+                        .group
+                        .as_ref()
+                        .and_then(|name| self.shared_subscriptions.get_mut(name))
+                    {
+                        group.cursor = *cursor;
                     }
                 }
             }
@@ -596,6 +603,17 @@ impl Router {
                             };
 
                             let ackslog = self.ackslog.get_mut(id).unwrap();
+                            // Wedge patch: a QoS 2 publish waits here for its PUBREL; a
+                            // client that never sends one would have them kept without
+                            // bound. Past the limit the connection ends.
+                            if ackslog.unreleased() >= MAX_UNRELEASED_QOS2 {
+                                error!(
+                                    unreleased = ackslog.unreleased(),
+                                    "too many QoS 2 publishes without PUBREL: disconnecting"
+                                );
+                                disconnect = true;
+                                break;
+                            }
                             ackslog.pubrec(publish, properties, pubrec);
                             force_ack = true;
                             continue;
