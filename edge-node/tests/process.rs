@@ -14,7 +14,13 @@ fn spawn_node(cp: &wedge_control_plane::Running, id: &str, dir: &std::path::Path
     let identity = cp.identity().expect("broker TLS is on");
     let (_, token) = identity
         .tokens()
-        .create("test", 1, 3_600_000, wedge_control_plane::time::now_ms())
+        .create(
+            "test",
+            1,
+            3_600_000,
+            None,
+            wedge_control_plane::time::now_ms(),
+        )
         .unwrap();
     Command::new(BIN)
         .args(["--node-id", id, "--control-plane"])

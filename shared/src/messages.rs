@@ -16,6 +16,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::Digest;
 
+/// Longest error text a node reports for a module (in heartbeats and events), bytes. A
+/// module's own words (an `init` refusal, a trap message) can be as long as its memory; one
+/// that long in every heartbeat would push it past the MQTT packet limit.
+pub const MAX_ERROR_TEXT: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
+pub fn bounded_text(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        text.truncate(text.floor_char_boundary(max.saturating_sub('…'.len_utf8())));
+        text.push('…');
+    }
+    text
+}
+
 /// What a node publishes on its status topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StatusMessage {
@@ -294,6 +308,14 @@ pub struct BlobChunk {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bounded_text_cuts_at_a_character_boundary() {
+        assert_eq!(bounded_text("short".into(), 10), "short");
+        let cut = bounded_text("é".repeat(100), 11);
+        assert!(cut.len() <= 11 && cut.ends_with('…'), "{cut}");
+        assert!(cut.starts_with("éé"));
+    }
+
     use super::*;
     use crate::{decode, encode};
     use proptest::collection::{btree_map, vec};

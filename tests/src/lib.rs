@@ -92,7 +92,7 @@ pub fn enrollment(running: &wedge_control_plane::Running) -> anyhow::Result<Opti
     let now = wedge_control_plane::time::now_ms();
     let (_, token) = identity
         .tokens()
-        .create("tests", 10_000, 86_400_000, now)
+        .create("tests", 10_000, 86_400_000, None, now)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Some(Enrollment {
         token,

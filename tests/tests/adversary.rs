@@ -10,7 +10,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 use wedge_shared::messages::{BlobReply, BlobRequest};
 use wedge_shared::topics::NodeTopic;
-use wedge_tests::{ControlPlane, Device, Node, idle_heartbeat};
+use wedge_tests::{ControlPlane, Device, Node, idle_heartbeat, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -254,4 +254,87 @@ async fn device_admitted(broker: std::net::SocketAddr, client_id: &str) -> anyho
     })
     .await?;
     Ok(admitted)
+}
+
+/// A stranger with a valid bootstrap token tries to enroll as a node that is enrolled and
+/// online: refused at CONNECT, so the real node is never kicked off (its uplink never
+/// reconnects). A token bound to `berlin-*` enrolls only such ids. When an operator really
+/// replaces the machine (`POST /api/v1/nodes/{id}/replace`, `wedgectl replace`), the old
+/// one is cut off and the new one enrolls under the id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_valid_token_cannot_take_over_an_enrolled_node() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let api = &cp.api;
+    let mut real = Node::start(&cp, "berlin-1", &[]).await?;
+    api.wait_status("berlin-1", "online", DEADLINE).await?;
+    let reconnects = |node: &Node| {
+        let url = format!("http://{}/metrics", node.http_addr().ok()?);
+        Some(async move {
+            let text = reqwest::get(url).await?.text().await?;
+            wedge_tests::metric(&text, "wedge_uplink_reconnects_total", &[])
+                .context("wedge_uplink_reconnects_total")
+        })
+    };
+    let before = reconnects(&real).context("node running")?.await?;
+
+    let impostor = Node::start(&cp, "berlin-1", &[]).await;
+    let e = format!("{:#}", impostor.err().context("the impostor was enrolled")?);
+    assert!(e.contains("already enrolled"), "{e}");
+    assert_eq!(
+        reconnects(&real).context("node running")?.await?,
+        before,
+        "the real node was kicked off"
+    );
+
+    // A token bound to a pattern.
+    let (status, body) = api
+        .post_json(
+            "/api/v1/enrollment-tokens",
+            &json!({"name": "berlin", "uses": 5, "nodes": "berlin-*"}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["nodes"], "berlin-*");
+    let berlin = body["token"].as_str().unwrap_or_default().to_string();
+    let with_berlin = |id: &'static str| {
+        let berlin = berlin.clone();
+        let cp = &cp;
+        async move {
+            Node::start_configured(cp, id, &[], "127.0.0.1:0".parse()?, |c| {
+                c.enroll_token = Some(berlin);
+            })
+            .await
+        }
+    };
+    let e = format!(
+        "{:#}",
+        with_berlin("paris-1")
+            .await
+            .err()
+            .context("paris-1 enrolled")?
+    );
+    assert!(e.contains("not valid"), "{e}");
+    let _berlin_2 = with_berlin("berlin-2").await?;
+    api.wait_status("berlin-2", "online", DEADLINE).await?;
+    let (status, _) = api
+        .post_json("/api/v1/enrollment-tokens", &json!({"nodes": "berlin/*"}))
+        .await?;
+    assert_eq!(status, 400);
+
+    // The operator replaces berlin-1: the old machine is cut off and stays off, the new one
+    // enrolls under the id.
+    let (status, body) = api
+        .post_json("/api/v1/nodes/berlin-1/replace", &json!({}))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    wait_for("the old berlin-1 cut off", DEADLINE, || async {
+        let n = reconnects(&real)?.await.ok()?;
+        (n > before).then_some(())
+    })
+    .await?;
+    let _new = Node::start(&cp, "berlin-1", &[]).await?;
+    api.wait_status("berlin-1", "online", DEADLINE).await?;
+    real.stop().await;
+    cp.stop().await;
+    Ok(())
 }

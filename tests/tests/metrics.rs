@@ -176,7 +176,8 @@ async fn both_binaries_expose_the_series_and_readiness() -> anyhow::Result<()> {
     assert_eq!(status, 200);
     assert_eq!(
         ready,
-        json!({"ready": true, "local_broker": "running", "store": "ok", "uplink": "connected"})
+        json!({"ready": true, "local_broker": "running", "module_link": "open", "store": "ok",
+            "uplink": "connected"})
     );
     proxy.cut();
     let ready: Value = wait_for("the node to see its uplink gone", DEADLINE, || async {

@@ -74,6 +74,21 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
     .await?;
     api.deploy(&deployment("trap-init", "hostile-trap-init", json!({})))
         .await?;
+    // Refuses to start with a 2 MB error message: the node reports it cut, so its
+    // heartbeats stay under the MQTT packet limit and it stays online.
+    api.deploy(&deployment(
+        "refuse-long",
+        "hostile-trap-init",
+        json!({"config": {"refuse_bytes": 2_000_000}}),
+    ))
+    .await?;
+    // Publishes 1 MiB payloads: over the local broker's limit, refused at the host.
+    api.deploy(&deployment(
+        "flood-big",
+        "hostile-flood",
+        json!({"config": {"payload_bytes": 1_048_576}, "limits": {"call_timeout_ms": 200}}),
+    ))
+    .await?;
     api.deploy(&deployment(
         "trap-message",
         "hostile-trap-message",
@@ -156,6 +171,18 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
         m["stats"]["published"].as_u64().unwrap_or(u64::MAX) <= 100 * 60,
         "rate limited: {m}"
     );
+    let m = report("refuse-long", |m| m["last_error"].is_string()).await?;
+    let long = err(&m);
+    assert!(
+        long.len() <= wedge_shared::messages::MAX_ERROR_TEXT && long.ends_with('…'),
+        "{} bytes",
+        long.len()
+    );
+    let m = report("flood-big", |m| {
+        m["stats"]["refused"].as_u64().unwrap_or(0) > 0
+    })
+    .await?;
+    assert_eq!(m["stats"]["published"], 0, "{m}");
     let m = report("forbidden", |m| {
         m["stats"]["refused"].as_u64().unwrap_or(0) >= 2
             && m["stats"]["errors"].as_u64().unwrap_or(0) >= 1

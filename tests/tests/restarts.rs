@@ -236,6 +236,17 @@ async fn restart_after_the_backlog_was_delivered(stop: Stop, label: &str) -> any
         Stop::Wipe => {
             node.terminate(DEADLINE).await?;
             std::fs::remove_dir_all(&rig.node_dir)?;
+            // The node lost its certificate with its data: as an operator would, let the
+            // id enroll again (without this, enrolling an id that holds a valid
+            // certificate is refused).
+            let (status, body) = rig
+                .api
+                .post_json(
+                    &format!("/api/v1/nodes/{NODE}/replace"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            anyhow::ensure!(status == 200, "replace: {status} {body}");
         }
     }
     rig.start_node().await?;

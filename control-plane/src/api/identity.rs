@@ -27,6 +27,7 @@ pub fn node_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(revoke))
         .routes(routes!(readmit))
+        .routes(routes!(replace))
 }
 
 fn identity(state: &AppState) -> Result<&Identity, ApiError> {
@@ -49,6 +50,10 @@ struct CreateToken {
     /// How long it is valid, in seconds (60 s to 30 days; default 24 h).
     #[serde(default = "day")]
     ttl_seconds: u64,
+    /// The node ids it may enroll: one id, or a pattern where `*` stands for any run of
+    /// characters (`berlin-*`). Absent: any id not already enrolled.
+    #[serde(default)]
+    nodes: Option<String>,
 }
 
 fn one() -> u32 {
@@ -65,6 +70,8 @@ struct CreatedToken {
     id: String,
     uses: u32,
     expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<String>,
     /// SHA-256 of the control plane's CA certificate: a node pins it (`uplink.ca_sha256`).
     ca_sha256: String,
 }
@@ -94,9 +101,18 @@ async fn create_token(
             "name is at most 64 printable characters",
         ));
     }
+    if let Some(pattern) = &req.nodes {
+        crate::identity::validate_pattern(pattern).map_err(ApiError::bad_request)?;
+    }
     let (entry, token) = identity
         .tokens()
-        .create(&req.name, req.uses, req.ttl_seconds * 1000, now_ms())
+        .create(
+            &req.name,
+            req.uses,
+            req.ttl_seconds * 1000,
+            req.nodes.as_deref(),
+            now_ms(),
+        )
         .map_err(ApiError::internal)?;
     Ok((
         StatusCode::CREATED,
@@ -105,6 +121,7 @@ async fn create_token(
             id: entry.id,
             uses: entry.uses_left,
             expires_at: rfc3339(entry.expires_ms),
+            nodes: entry.nodes,
             ca_sha256: identity.ca_sha256(),
         }),
     ))
@@ -197,4 +214,42 @@ async fn readmit(
     } else {
         Err(ApiError::not_found(format!("node {id} is not revoked")))
     }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ReplacementView {
+    node_id: String,
+    /// Certificates issued to the node up to this time are refused; the id may enroll again.
+    replaced_at: String,
+}
+
+/// Lets another machine take over a node's id (replaced hardware, a wiped data directory):
+/// every certificate issued to it so far is refused and its connection is cut, and the id
+/// may enroll again with a bootstrap token. Without this, enrolling an id that holds a
+/// valid certificate is refused.
+#[utoipa::path(post, path = "/{id}/replace", tag = "nodes",
+    params(("id" = String, Path, description = "node id")),
+    responses(
+        (status = 200, body = ReplacementView),
+        (status = 400, description = "not a node id", body = ErrorBody),
+        (status = 409, description = "the node is revoked (readmit it instead), or broker TLS is off", body = ErrorBody),
+    ))]
+async fn replace(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ReplacementView>, ApiError> {
+    validate_id(&id).map_err(|e| ApiError::bad_request(format!("node id {e}")))?;
+    let identity = identity(&state)?;
+    if identity.revoked_at(&id).is_some() {
+        return Err(ApiError::conflict(format!(
+            "node {id} is revoked: readmit it to let it enroll again"
+        )));
+    }
+    let at = identity
+        .replace(&id, now_ms())
+        .map_err(ApiError::internal)?;
+    Ok(Json(ReplacementView {
+        node_id: id,
+        replaced_at: rfc3339(at),
+    }))
 }

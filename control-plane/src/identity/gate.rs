@@ -12,9 +12,9 @@
 //!   and subscribe only to its own topics; only its status may be retained. Anything else
 //!   ends its connection.
 //! - The control plane's own client (the certificate made at this start) may do anything.
-//! - A client without a certificate may only enroll: password = a valid bootstrap token,
-//!   client id = the node id it asks for, one request topic and one reply topic, for at
-//!   most a minute.
+//! - A client without a certificate may only enroll: password = a valid bootstrap token
+//!   that covers the node id it asks for (its client id), an id nobody holds a valid
+//!   certificate for; one request topic and one reply topic, for at most a minute.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use wedge_broker::{Admission, BoxFuture, Gate, Refusal, Session, Stream, Unrestricted};
 use wedge_shared::topics::{self, NodeTopic};
 
-use super::Identity;
+use super::{EnrollRefusal, Identity};
 use crate::time::now_ms;
 
 /// How long an enrollment connection may stay.
@@ -111,16 +111,15 @@ fn admit_enrollment(
     if topics::validate_id(node).is_err() || will.is_some() {
         return Err(Refusal::ClientIdentifierNotValid);
     }
-    if let Err(e) = identity
-        .tokens
-        .check(password.unwrap_or_default(), now_ms())
-    {
+    if let Err(e) = identity.may_enroll(node, password.unwrap_or_default(), now_ms()) {
         tracing::warn!(node, error = %e, "enrollment refused");
-        return Err(Refusal::BadUserNamePassword);
-    }
-    if identity.revoked_at(node).is_some() {
-        tracing::warn!(node, "enrollment of a revoked node refused");
-        return Err(Refusal::NotAuthorized);
+        return Err(match e {
+            EnrollRefusal::Token(_) => Refusal::BadUserNamePassword,
+            EnrollRefusal::Revoked(_) => Refusal::NotAuthorized,
+            // "Identifier rejected": the id is taken. Refused at CONNECT, before the
+            // session could take over the enrolled node's (same client id).
+            EnrollRefusal::Enrolled(_) => Refusal::ClientIdentifierNotValid,
+        });
     }
     Ok(Arc::new(EnrollSession {
         request: topics::enroll_request(node),

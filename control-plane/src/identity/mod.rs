@@ -16,6 +16,13 @@
 //!   holds is refused at its next connect, and a live connection is cut at once
 //!   ([`gate::NodeSession`] waits on [`Identity::changes`]). A revoked node cannot enroll
 //!   again until an operator lifts the revocation.
+//! - **An id is enrolled once.** Enrolling under an id that holds a valid certificate is
+//!   refused (with a valid token, a stranger would otherwise take over a live node's id and
+//!   kick it off); an operator who really replaces the machine runs `wedgectl replace NODE`,
+//!   which refuses the old certificates and lets the id enroll again. Tokens can be bound to
+//!   an id pattern (`berlin-*`). The latest certificate per node is recorded in
+//!   `issued-nodes.toml`; a node enrolled before that file existed is recorded at its next
+//!   renewal.
 //! - Enrollment tokens and revocations are small TOML files beside the store, written only
 //!   by this process (through the API), atomically.
 
@@ -32,9 +39,38 @@ use serde::{Deserialize, Serialize};
 use wedge_pki::{Ca, Credential};
 use wedge_shared::messages::{CertReply, CertRequest};
 
-pub use tokens::{EnrollToken, TokenError};
+pub use tokens::{EnrollToken, TokenError, validate_pattern};
 
 const REVOKED_FILE: &str = "revoked-nodes.toml";
+const ISSUED_FILE: &str = "issued-nodes.toml";
+
+/// Why an enrollment is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnrollRefusal {
+    #[error("{0}")]
+    Token(TokenError),
+    #[error("node {0} is revoked")]
+    Revoked(String),
+    #[error(
+        "node {0} is already enrolled and holds a valid certificate; if this is its \
+         replacement, run `wedgectl replace {0}` first"
+    )]
+    Enrolled(String),
+}
+
+/// The latest certificate issued to a node (enrollment or renewal).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Issued {
+    /// ms since the epoch; at or before the certificate's own issue time.
+    pub issued_ms: u64,
+    pub expires_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct IssuedFile {
+    #[serde(default)]
+    nodes: BTreeMap<String, Issued>,
+}
 
 /// What the identity service needs to know.
 #[derive(Debug, Clone)]
@@ -69,6 +105,7 @@ pub struct Identity {
     service_fingerprint: String,
     tokens: tokens::Tokens,
     revoked: RwLock<BTreeMap<String, Revocation>>,
+    issued: RwLock<BTreeMap<String, Issued>>,
     changes: tokio::sync::watch::Sender<u64>,
 }
 
@@ -92,6 +129,7 @@ impl Identity {
         let service = ca.issue_service("control-plane", year)?;
         let service_fingerprint = wedge_pki::fingerprint_pem(&service.cert_pem)?;
         let revoked = crate::files::read_toml::<RevokedFile>(&dir.join(REVOKED_FILE))?.nodes;
+        let issued = crate::files::read_toml::<IssuedFile>(&dir.join(ISSUED_FILE))?.nodes;
         Ok(Arc::new(Self {
             tokens: tokens::Tokens::load(dir)?,
             ca,
@@ -99,6 +137,7 @@ impl Identity {
             service,
             service_fingerprint,
             revoked: RwLock::new(revoked),
+            issued: RwLock::new(issued),
             changes: tokio::sync::watch::channel(0).0,
             settings,
         }))
@@ -159,6 +198,44 @@ impl Identity {
             "node revoked: its certificates are refused from now on"
         );
         Ok(at.floor_ms)
+    }
+
+    /// Lets another machine take over `node`'s id (replaced hardware, a wiped data
+    /// directory): every certificate issued to it up to now is refused and its live
+    /// connection is cut, as with a revocation, but it is not shut out, so the next
+    /// enrollment under that id (with a bootstrap token) succeeds. Returns when.
+    pub fn replace(&self, node: &str, now_ms: u64) -> anyhow::Result<u64> {
+        let at = self.update(node, |r| {
+            r.floor_ms = r.floor_ms.max(now_ms);
+        })?;
+        self.changes.send_modify(|n| *n += 1);
+        tracing::warn!(
+            node,
+            "node replaced: its certificates are refused, its id may enroll again"
+        );
+        Ok(at.floor_ms)
+    }
+
+    /// Whether `node` holds a certificate that is still valid (not expired, revoked or
+    /// replaced): then nobody may enroll under its id.
+    pub fn holds_valid_certificate(&self, node: &str, now_ms: u64) -> bool {
+        let issued = match self.issued.read() {
+            Ok(issued) => issued.get(node).copied(),
+            Err(_) => return true,
+        };
+        issued.is_some_and(|i| i.expires_ms > now_ms && !self.is_revoked(node, i.issued_ms))
+    }
+
+    fn record_issued(&self, node: &str, issued: Issued) -> anyhow::Result<()> {
+        let mut all = self
+            .issued
+            .write()
+            .map_err(|_| anyhow::anyhow!("issued certificates poisoned"))?;
+        all.insert(node.to_string(), issued);
+        crate::files::write_private_toml(
+            &self.settings.data_dir.join(ISSUED_FILE),
+            &IssuedFile { nodes: all.clone() },
+        )
     }
 
     /// Lifts a revocation: the node may enroll again (with a bootstrap token); the
@@ -239,14 +316,124 @@ impl Identity {
         if self.revoked_at(node).is_some() {
             return Err(format!("node {node} is revoked"));
         }
+        let token = request.token.as_deref().unwrap_or_default();
         if enroll {
-            let token = request.token.as_deref().unwrap_or_default();
-            self.tokens
-                .consume(token, now_ms)
+            self.may_enroll(node, token, now_ms)
                 .map_err(|e| e.to_string())?;
         }
-        self.ca
+        // The CSR is checked (by signing it) before the token is used up: a bad request
+        // does not waste a use.
+        let certificate = self
+            .ca
             .issue_node(node, &request.csr, self.settings.node_cert_lifetime)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if enroll {
+            // Uses the token, checking it again: another enrollment may have used its last
+            // use meanwhile; then this certificate is never handed out.
+            self.tokens
+                .consume(token, node, now_ms)
+                .map_err(|e| e.to_string())?;
+        }
+        let lifetime =
+            u64::try_from(self.settings.node_cert_lifetime.as_millis()).unwrap_or(u64::MAX);
+        self.record_issued(
+            node,
+            Issued {
+                issued_ms: now_ms,
+                expires_ms: now_ms.saturating_add(lifetime),
+            },
+        )
+        .map_err(|e| format!("cannot record the certificate: {e}"))?;
+        Ok(certificate)
+    }
+
+    /// Whether a client showing `token` may enroll as `node` now: the token is valid and
+    /// covers that id, the node is not shut out, and nobody holds a valid certificate for
+    /// that id (unless an operator replaced it).
+    pub fn may_enroll(&self, node: &str, token: &str, now_ms: u64) -> Result<(), EnrollRefusal> {
+        self.tokens
+            .check(token, node, now_ms)
+            .map_err(EnrollRefusal::Token)?;
+        if self.revoked_at(node).is_some() {
+            return Err(EnrollRefusal::Revoked(node.to_string()));
+        }
+        if self.holds_valid_certificate(node, now_ms) {
+            return Err(EnrollRefusal::Enrolled(node.to_string()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn identity(dir: &std::path::Path) -> Arc<Identity> {
+        Identity::load(Settings {
+            data_dir: dir.to_path_buf(),
+            broker_names: vec!["localhost".into()],
+            node_cert_lifetime: Duration::from_secs(3600),
+        })
+        .unwrap()
+    }
+
+    fn request(node: &str, token: &str) -> CertRequest {
+        CertRequest {
+            csr: wedge_pki::new_key_and_csr(node).unwrap().1,
+            token: Some(token.to_string()),
+        }
+    }
+
+    fn issued(reply: &CertReply) -> bool {
+        matches!(reply, CertReply::Issued { .. })
+    }
+
+    #[test]
+    fn an_id_is_enrolled_once_until_an_operator_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let now = 1_000_000;
+        let (_, token) = id.tokens().create("t", 10, 3_600_000, None, now).unwrap();
+
+        // A request whose CSR does not parse is refused without using the token.
+        let bad = CertRequest {
+            csr: "not a CSR".into(),
+            token: Some(token.clone()),
+        };
+        assert!(!issued(&id.answer("n1", true, &bad, now)));
+        assert_eq!(id.tokens().list()[0].uses_left, 10);
+
+        assert!(issued(&id.answer("n1", true, &request("n1", &token), now)));
+        assert_eq!(id.tokens().list()[0].uses_left, 9);
+        assert!(id.holds_valid_certificate("n1", now + 1));
+
+        // Same id again, valid token: refused, no use spent; the gate refuses it too.
+        let again = id.answer("n1", true, &request("n1", &token), now + 1);
+        assert!(
+            matches!(&again, CertReply::Refused { reason } if reason.contains("wedgectl replace n1")),
+            "{again:?}"
+        );
+        assert_eq!(id.tokens().list()[0].uses_left, 9);
+        assert!(matches!(
+            id.may_enroll("n1", &token, now + 1),
+            Err(EnrollRefusal::Enrolled(_))
+        ));
+        // Renewal over the node's own session still works.
+        assert!(issued(&id.answer("n1", false, &request("n1", ""), now + 2)));
+
+        // After a replacement the id may enroll again; it survives a restart.
+        id.replace("n1", now + 3).unwrap();
+        assert!(!identity(dir.path()).holds_valid_certificate("n1", now + 4));
+        assert!(issued(&id.answer(
+            "n1",
+            true,
+            &request("n1", &token),
+            now + 4
+        )));
+        assert!(identity(dir.path()).holds_valid_certificate("n1", now + 5));
+
+        // A certificate that has expired no longer holds the id.
+        assert!(!id.holds_valid_certificate("n1", now + 4 + 3_600_001));
     }
 }

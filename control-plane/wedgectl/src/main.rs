@@ -103,6 +103,9 @@ enum Command {
     Revoke { node: String },
     /// Let a revoked node enroll again
     Readmit { node: String },
+    /// Let another machine take over a node's id (new hardware, a wiped data directory):
+    /// refuse the old certificates, cut the old connection, allow one new enrollment
+    Replace { node: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +121,9 @@ enum EnrollTokenCommand {
         /// How long it is valid (e.g. 1h, 24h, 7d)
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
+        /// Only these node ids: one id, or a pattern with `*` (e.g. 'berlin-*')
+        #[arg(long)]
+        nodes: Option<String>,
     },
     /// List them (without secrets)
     List,
@@ -258,8 +264,19 @@ async fn main() -> ExitCode {
             commands::telemetry::show(&client, out, &node, stream, follow, tail).await
         }
         Command::Events { node } => commands::telemetry::events(&client, out, &node).await,
-        Command::EnrollToken(EnrollTokenCommand::Create { name, uses, ttl }) => {
-            commands::identity::create_token(&client, out, &name, uses, ttl).await
+        Command::EnrollToken(EnrollTokenCommand::Create {
+            name,
+            uses,
+            ttl,
+            nodes,
+        }) => {
+            let token = commands::identity::NewToken {
+                name: &name,
+                uses,
+                ttl,
+                nodes: nodes.as_deref(),
+            };
+            commands::identity::create_token(&client, out, token).await
         }
         Command::EnrollToken(EnrollTokenCommand::List) => {
             commands::identity::list_tokens(&client, out).await
@@ -269,6 +286,7 @@ async fn main() -> ExitCode {
         }
         Command::Revoke { node } => commands::identity::revoke(&client, out, &node).await,
         Command::Readmit { node } => commands::identity::readmit(&client, &node).await,
+        Command::Replace { node } => commands::identity::replace(&client, out, &node).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

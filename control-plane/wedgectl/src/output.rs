@@ -29,9 +29,27 @@ pub fn json(v: &Value) {
 pub fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => clean(s),
         other => other.to_string(),
     }
+}
+
+/// A string as it may reach a terminal: control characters (escape sequences a node, a
+/// module or a device could put in a name, a reason or a log line) are shown escaped
+/// (`\u{1b}`), never interpreted.
+pub fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `k=v,k2=v2`.
@@ -39,7 +57,7 @@ pub fn labels(v: &Value) -> String {
     v.as_object()
         .map(|m| {
             m.iter()
-                .map(|(k, v)| format!("{k}={}", text(v)))
+                .map(|(k, v)| format!("{}={}", clean(k), text(v)))
                 .collect::<Vec<_>>()
                 .join(",")
         })
@@ -80,5 +98,19 @@ pub fn bytes(v: &Value) -> String {
         format!("{n} B")
     } else {
         format!("{n:.1} {}", units[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let hostile = Value::String("ok\u{1b}]0;pwned\u{7}\r\nfake line".into());
+        let shown = text(&hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{1b}"), "{shown}");
+        assert_eq!(text(&Value::String("plain".into())), "plain");
     }
 }

@@ -26,8 +26,10 @@ const RESERVED_PREFIXES: &[&str] = &["wedge/", "$"];
 /// Log lines a module may write per second, and in a burst.
 const LOG_RATE: u32 = 20;
 const LOG_BURST: u32 = 100;
-/// Longest module log line sent upstream, bytes (longer ones are cut).
+/// Longest module log line, bytes (longer ones are cut before anything formats them).
 const MAX_LOG_LINE: usize = 4096;
+/// Largest payload a module may publish locally: what the node's local broker accepts.
+const MAX_PUBLISH_PAYLOAD: usize = wedge_broker::DEFAULT_MAX_PAYLOAD;
 
 /// Counters of one instance, kept across its restarts.
 #[derive(Debug, Default)]
@@ -144,6 +146,12 @@ impl Host for HostState {
         if let Err(why) = topic_allowed(&self.ctx.publish_prefixes, &topic) {
             return self.refuse(why);
         }
+        if payload.len() > MAX_PUBLISH_PAYLOAD {
+            return self.refuse(format!(
+                "payload of {} bytes is over the local broker's limit of {MAX_PUBLISH_PAYLOAD}",
+                payload.len()
+            ));
+        }
         if !self.publish_bucket.take(Instant::now()) {
             return self.refuse(format!(
                 "publish rate limit of {}/s exceeded",
@@ -204,6 +212,9 @@ impl Host for HostState {
             return;
         }
         let module = &*self.ctx.module;
+        // Cut first: the line is as long as the module made it (up to its memory), and
+        // both the local log and the upstream record format it.
+        let message = wedge_shared::messages::bounded_text(message, MAX_LOG_LINE);
         let name = match level {
             Level::Trace => "trace",
             Level::Debug => "debug",
@@ -222,11 +233,6 @@ impl Host for HostState {
         // rest goes upstream through the telemetry buffer: kept on disk while the uplink is
         // down, delivered once, readable as the node's `$log` stream.
         if matches!(level, Level::Info | Level::Warn | Level::Error) {
-            let mut message = message;
-            if message.len() > MAX_LOG_LINE {
-                message.truncate(message.floor_char_boundary(MAX_LOG_LINE));
-                message.push('…');
-            }
             let line = serde_json::json!({"level": name, "message": message});
             if let Err(e) = self.ctx.buffer.append(
                 module,

@@ -199,6 +199,10 @@ impl Supervisor {
             match self.run_once() {
                 End::Stopped => return,
                 End::Failed(error) => {
+                    let error = wedge_shared::messages::bounded_text(
+                        error,
+                        wedge_shared::messages::MAX_ERROR_TEXT,
+                    );
                     tracing::warn!(module = self.config.name, error, retry_in = ?backoff, "module failed");
                     self.host.events.send(
                         Some(&self.config.name),

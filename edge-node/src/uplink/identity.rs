@@ -189,9 +189,15 @@ async fn enroll_once(
                 Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
                     return Err(Attempt::Refused(match code {
                         ConnectReturnCode::BadUserNamePassword => {
-                            "the bootstrap token is not valid, has expired or is used up".into()
+                            "the bootstrap token is not valid, has expired, is used up or is not for this node id".into()
                         }
                         ConnectReturnCode::NotAuthorized => "this node is revoked".into(),
+                        ConnectReturnCode::BadClientId => format!(
+                            "the node id {} is already enrolled: another machine holds a \
+                             valid certificate for it (if this one replaces it, run \
+                             `wedgectl replace {}` first)",
+                            node_id, node_id
+                        ),
                         other => format!("{other:?}"),
                     }));
                 }

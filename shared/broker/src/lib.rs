@@ -37,6 +37,9 @@ impl std::fmt::Debug for Config {
 pub use link::{LocalPublisher, LocalReceiver};
 pub use rumqttd::gate::{Admission, BoxFuture, Gate, Refusal, Session, Stream, Unrestricted};
 
+/// Largest PUBLISH payload the broker accepts unless configured otherwise, bytes.
+pub const DEFAULT_MAX_PAYLOAD: usize = 256 * 1024;
+
 /// How to run the embedded broker.
 #[derive(Clone)]
 pub struct Config {
@@ -59,7 +62,7 @@ impl Config {
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
-            max_payload_size: 256 * 1024,
+            max_payload_size: DEFAULT_MAX_PAYLOAD,
             max_connections: 1000,
             segment_size: 1024 * 1024,
             segment_count: 3,

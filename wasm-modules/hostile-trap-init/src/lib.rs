@@ -1,4 +1,5 @@
-//! Hostile fixture: traps in `init`, every time.
+//! Hostile fixture: traps in `init`, every time; or, with config `{"refuse_bytes": N}`,
+//! refuses to start with an error message N bytes long (the node must cut it).
 
 // wit-bindgen's generated glue between the component ABI and Rust is unsafe by nature.
 #![allow(unsafe_code)]
@@ -11,7 +12,10 @@ wit_bindgen::generate!({
 struct TrapInit;
 
 impl Guest for TrapInit {
-    fn init(_config: String) -> Result<(), String> {
+    fn init(config: String) -> Result<(), String> {
+        if let Some(n) = number(&config, "refuse_bytes") {
+            return Err("x".repeat(n));
+        }
         panic!("hostile-trap-init traps in init")
     }
 
@@ -22,6 +26,16 @@ impl Guest for TrapInit {
     fn on_tick(_now_ms: u64) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// The number in `{"key": N}` (a fixture's whole config), without a JSON parser.
+fn number(config: &str, key: &str) -> Option<usize> {
+    let rest = config.split_once(&format!("\"{key}\":"))?.1;
+    rest.trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 export!(TrapInit);

@@ -1,4 +1,5 @@
-//! `wedgectl enroll-token …`, `wedgectl revoke NODE`, `wedgectl readmit NODE`.
+//! `wedgectl enroll-token …`, `wedgectl revoke NODE`, `wedgectl readmit NODE`,
+//! `wedgectl replace NODE`.
 
 use std::time::Duration;
 
@@ -8,14 +9,21 @@ use crate::client::{Client, segment};
 use crate::output::{self, Format, text};
 use crate::{Failure, Result};
 
-pub async fn create_token(
-    client: &Client,
-    out: Format,
-    name: &str,
-    uses: u32,
-    ttl: Duration,
-) -> Result<()> {
-    let body = json!({"name": name, "uses": uses, "ttl_seconds": ttl.as_secs()});
+/// What `enroll-token create` asks for.
+#[derive(Debug)]
+pub struct NewToken<'a> {
+    pub name: &'a str,
+    pub uses: u32,
+    pub ttl: Duration,
+    pub nodes: Option<&'a str>,
+}
+
+pub async fn create_token(client: &Client, out: Format, token: NewToken<'_>) -> Result<()> {
+    let mut body = json!({"name": token.name, "uses": token.uses,
+        "ttl_seconds": token.ttl.as_secs()});
+    if let Some(nodes) = token.nodes {
+        body["nodes"] = json!(nodes);
+    }
     let answer = client.post_json("/api/v1/enrollment-tokens", &body).await?;
     let t = answer.body;
     if out == Format::Json {
@@ -26,6 +34,9 @@ pub async fn create_token(
     println!("CA SHA-256: {}", text(&t["ca_sha256"]));
     println!("Uses:       {}", text(&t["uses"]));
     println!("Expires:    {}", text(&t["expires_at"]));
+    if t.get("nodes").is_some() {
+        println!("Nodes:      {}", text(&t["nodes"]));
+    }
     println!();
     println!("Start a node with it (the token is shown only now):");
     println!(
@@ -42,7 +53,7 @@ pub async fn list_tokens(client: &Client, out: Format) -> Result<()> {
         output::json(&all);
         return Ok(());
     }
-    let mut t = output::table(&["id", "name", "uses left", "expires"]);
+    let mut t = output::table(&["id", "name", "uses left", "nodes", "expires"]);
     for e in all.as_array().into_iter().flatten() {
         let expires = e["expires_ms"]
             .as_u64()
@@ -55,6 +66,7 @@ pub async fn list_tokens(client: &Client, out: Format) -> Result<()> {
             text(&e["id"]),
             text(&e["name"]),
             text(&e["uses_left"]),
+            e["nodes"].as_str().map_or("any".to_string(), output::clean),
             expires,
         ]);
     }
@@ -94,5 +106,23 @@ pub async fn readmit(client: &Client, node: &str) -> Result<()> {
         .await
         .map_err(Failure::from)?;
     println!("node {node} may enroll again (with a new enrollment token)");
+    Ok(())
+}
+
+pub async fn replace(client: &Client, out: Format, node: &str) -> Result<()> {
+    let answer = client
+        .post_json(
+            &format!("/api/v1/nodes/{}/replace", segment(node)),
+            &json!({}),
+        )
+        .await?;
+    if out == Format::Json {
+        output::json(&answer.body);
+    } else {
+        println!(
+            "node {node} replaced: its old certificates are refused; the new machine may now \
+             enroll as {node} (with an enrollment token)"
+        );
+    }
     Ok(())
 }

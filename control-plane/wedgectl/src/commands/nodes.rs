@@ -103,7 +103,7 @@ pub async fn show(client: &Client, out: Format, id: &str) -> Result<()> {
         age(&n["since"])
     );
     if let Some(reason) = n["reason"].as_str() {
-        println!("Reason:      {reason}");
+        println!("Reason:      {}", crate::output::clean(reason));
     }
     println!("Labels:      {}", labels(&n["labels"]));
     println!("Arch:        {}", text(&n["arch"]));

@@ -31,7 +31,7 @@ fn summary(d: &Value) -> String {
         n("offline"),
     );
     if let Some(reason) = r["reason"].as_str() {
-        line.push_str(&format!("\n  reason: {reason}"));
+        line.push_str(&format!("\n  reason: {}", crate::output::clean(reason)));
     }
     line
 }
