@@ -206,6 +206,7 @@ impl App {
                 counters,
                 metrics,
                 max_module_size: config.max_module_size,
+                max_desired_bytes: config.mqtt_max_payload,
                 identity: identity.clone(),
             },
             guard,

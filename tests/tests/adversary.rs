@@ -338,3 +338,48 @@ async fn a_valid_token_cannot_take_over_an_enrolled_node() -> anyhow::Result<()>
     cp.stop().await;
     Ok(())
 }
+
+/// A deployment whose desired state would not fit in one MQTT message is refused at the API
+/// (before, the control plane's broker session ended on every try to send it), alone or
+/// together with the node's other deployments; the control plane keeps its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_desired_state_over_the_message_limit_is_refused_at_the_api() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let api = &cp.api;
+    let _node = Node::start(&cp, "edge-1", &[]).await?;
+    api.wait_status("edge-1", "online", DEADLINE).await?;
+    api.upload_module("forward", "1").await?;
+    let with_config = |name: &str, bytes: usize| {
+        json!({"name": name, "module": "forward@1", "nodes": ["edge-1"],
+            "subscriptions": ["sensors/#"], "config": {"blob": "x".repeat(bytes)}})
+    };
+    // The default limit is 1 MiB.
+    let (status, body) = api
+        .post_json("/api/v1/deployments", &with_config("huge", 1_100_000))
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("MQTT message limit"), "{body}");
+    let (status, body) = api
+        .post_json("/api/v1/deployments", &with_config("half-1", 600_000))
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    // (`forward` refuses the made-up config at init; what counts is that the desired
+    // state reached the node.)
+    wait_for("the 600 KB desired state applied", DEADLINE, || async {
+        let n = api.node("edge-1").await.ok()??;
+        (n["applied_generation"] == 1 && n["modules"][0]["name"] == "half-1").then_some(())
+    })
+    .await?;
+    let (status, body) = api
+        .post_json("/api/v1/deployments", &with_config("half-2", 600_000))
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("node edge-1"), "{body}");
+    let (_, text) = api.get_text("/metrics").await?;
+    assert_eq!(
+        wedge_tests::metric(&text, "wedge_mqtt_connects_total", &[]),
+        Some(1.0)
+    );
+    cp.stop().await;
+    Ok(())
+}

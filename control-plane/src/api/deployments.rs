@@ -493,9 +493,64 @@ async fn create(
         record.revision = revision;
         record.created_at_ms = created_at_ms;
     }
+    check_desired_size(&state, &record)?;
     state.store.put_deployment(&record)?;
     tracing::info!(deployment = %record.name, revision, module = %record.module.digest, "deployment created");
     let view = DeploymentView::from(&record);
     state.rollouts.deploy(record).await?;
     Ok((StatusCode::CREATED, Json(view.with_rollout(&state, true))))
+}
+
+/// Refuses a revision that would make some node's desired state larger than one MQTT
+/// message: it could never be delivered, and the control plane's broker session would end
+/// on every try. Checked against the module alone (any future node) and against every node
+/// the revision targets now, with the modules of its other deployments.
+fn check_desired_size(state: &AppState, record: &DeploymentRecord) -> Result<(), ApiError> {
+    use wedge_shared::messages::{DesiredState, ModuleSpec};
+    let limit = state.max_desired_bytes;
+    let new = crate::desired::spec(record);
+    let size = |modules: Vec<ModuleSpec>| {
+        wedge_shared::encode(&DesiredState {
+            generation: u64::MAX,
+            modules,
+        })
+        .len()
+    };
+    let too_large = |what: String, bytes: usize| {
+        ApiError::bad_request(format!(
+            "deployment {}: {what} would be {bytes} bytes, over the MQTT message limit of \
+             {limit} bytes (mqtt_max_payload); make its config smaller",
+            record.name
+        ))
+    };
+    let alone = size(vec![new.clone()]);
+    if alone > limit {
+        return Err(too_large("its desired state".into(), alone));
+    }
+    let targeted: Vec<String> = match &record.target {
+        Target::Nodes(ids) => ids.clone(),
+        Target::Labels(_) => {
+            let mut ids = Vec::new();
+            state.fleet.for_each(|n| {
+                if record.target.selects(&n.id, &n.labels) {
+                    ids.push(n.id.clone());
+                }
+            });
+            ids
+        }
+    };
+    let plans = state.rollouts.plans();
+    for id in targeted {
+        let mut modules = plans.modules_for(&id);
+        modules.retain(|m| m.name != record.name);
+        modules.push(new.clone());
+        let bytes = size(modules);
+        if bytes > limit {
+            return Err(too_large(
+                format!("the desired state of node {id} (with its other deployments)"),
+                bytes,
+            ));
+        }
+    }
+    Ok(())
 }

@@ -34,6 +34,8 @@ pub struct AppState {
     pub rollouts: Arc<Rollouts>,
     pub counters: Arc<Counters>,
     pub max_module_size: usize,
+    /// Largest message on the broker (`mqtt_max_payload`): a node's desired state must fit.
+    pub max_desired_bytes: usize,
     pub identity: Option<Arc<crate::identity::Identity>>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
