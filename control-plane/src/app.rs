@@ -212,13 +212,7 @@ impl App {
             guard,
         );
         let api_shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { api_shutdown.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "API server failed");
-            }
-        });
+        tracker.spawn(api::serve::serve(listener, app, api_shutdown));
         tracing::info!(api = %api_addr, mqtt = %mqtt_addr, "control plane started");
         Ok(Running {
             tunables: Arc::new(tunables),

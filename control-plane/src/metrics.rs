@@ -81,7 +81,13 @@ impl Metrics {
 
 /// Times every request (an axum middleware, outermost, so refusals count too).
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_string();
+    // Any token is a valid HTTP method: a client could otherwise create a series per
+    // request.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_string();
     let route = req
         .extensions()
         .get::<MatchedPath>()

@@ -4,7 +4,8 @@
 //! Passwords are stored as Argon2id PHC strings (`wedge-node hash-password` makes one), never
 //! in clear. Verifying one costs tens of milliseconds of CPU on purpose, so it runs on the
 //! blocking pool, and a password that verified is remembered (as its SHA-256, per user) so a
-//! device that reconnects every few seconds does not cost a core. The node's own modules
+//! device that reconnects every few seconds does not cost a core. At most two verifications
+//! run at once; a login that waits more than 2 s for one is refused. The node's own modules
 //! reach the broker in-process and never pass this gate.
 
 use std::collections::HashMap;
@@ -78,7 +79,15 @@ pub struct DeviceGate {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// username → SHA-256 of the password that last verified.
     verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// Argon2 runs at once: each takes ~19 MiB and tens of ms of a core, so wrong passwords
+    /// tried in parallel would otherwise take the device's memory and CPU.
+    verifying: Arc<tokio::sync::Semaphore>,
 }
+
+/// Argon2 verifications that may run at the same time.
+const CONCURRENT_VERIFICATIONS: usize = 2;
+/// How long a login waits for a verification slot before it is refused.
+const VERIFY_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl DeviceGate {
     pub fn new(config: &DevicesConfig) -> anyhow::Result<Arc<Self>> {
@@ -114,6 +123,7 @@ impl DeviceGate {
             allow_anonymous: config.allow_anonymous,
             tls,
             verified: Mutex::new(HashMap::new()),
+            verifying: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS)),
         }))
     }
 
@@ -139,6 +149,18 @@ impl DeviceGate {
         let username = username.to_string();
         let password = password.to_string();
         Box::pin(async move {
+            // A login that cannot get a slot soon is refused: under a flood of wrong
+            // passwords honest devices may be refused too (they retry), but the node keeps
+            // its memory and its cores for its modules.
+            let Ok(Ok(_permit)) =
+                tokio::time::timeout(VERIFY_QUEUE_WAIT, me.verifying.clone().acquire_owned()).await
+            else {
+                tracing::warn!(
+                    user = username,
+                    "device refused: too many password checks at once"
+                );
+                return false;
+            };
             let ok = tokio::task::spawn_blocking(move || {
                 PasswordHash::new(&hash).is_ok_and(|parsed| {
                     argon2::Argon2::default()
@@ -210,6 +232,39 @@ impl Gate for SharedDeviceGate {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn password_checks_are_bounded_and_a_login_that_cannot_get_a_slot_is_refused() {
+        let config = DevicesConfig {
+            users: vec![DeviceUser {
+                username: "sensor-1".into(),
+                password_hash: hash_password("s3cret").unwrap(),
+            }],
+            ..Default::default()
+        };
+        let gate = DeviceGate::new(&config).unwrap();
+        // Every slot taken (as by a flood of wrong passwords in flight).
+        let held = gate
+            .verifying
+            .clone()
+            .acquire_many_owned(CONCURRENT_VERIFICATIONS as u32)
+            .await
+            .unwrap();
+        assert!(
+            !gate.check("sensor-1", "s3cret").await,
+            "refused while busy"
+        );
+        drop(held);
+        assert!(gate.check("sensor-1", "s3cret").await);
+        // A flood of wrong passwords: all refused, never more than the slots at once.
+        let flood: Vec<_> = (0..8)
+            .map(|i| gate.check("sensor-1", &format!("wrong-{i}")))
+            .collect();
+        for check in flood {
+            assert!(!check.await);
+        }
+        assert_eq!(gate.verifying.available_permits(), CONCURRENT_VERIFICATIONS);
+    }
 
     #[tokio::test]
     async fn passwords_verify_against_their_hash_only() {

@@ -10,6 +10,7 @@ pub mod health;
 pub mod identity;
 pub mod modules;
 pub mod nodes;
+pub mod serve;
 
 use std::sync::Arc;
 

@@ -396,6 +396,10 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 Ok((s, r)) => (s, r),
                 Err(e) => {
                     error!(error=?e, "Unable to accept socket.");
+                    // Wedge patch: out of file descriptors (EMFILE) the listener stays
+                    // readable and accept fails at once, so the loop spun at full speed,
+                    // logging; wait for connections to close instead.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };

@@ -1,0 +1,114 @@
+//! Serving the API over HTTP/1.1 with hyper directly, because `axum::serve` has no limits a
+//! hostile client cannot exhaust:
+//!
+//! - **Header read timeout** (10 s): a client that opens a connection and drips its request
+//!   headers (slowloris) is dropped, instead of holding the connection for ever.
+//! - **Connection cap** (`MAX_CONNECTIONS`): past it, new connections wait in the listen
+//!   backlog until one closes, so open sockets (and file descriptors) stay bounded.
+//! - A failed accept (out of file descriptors) waits 100 ms rather than spinning.
+//!
+//! Shutdown is graceful: no new connections, requests in flight finish (up to 10 s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Open API connections at most.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long requests in flight may take to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept an API connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "API connection ended");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("API requests still running at shutdown were cut off");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, app, stop.clone()));
+
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // An honest request is served meanwhile.
+        let mut honest = tokio::net::TcpStream::connect(addr).await.unwrap();
+        honest
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        honest.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // The slow one is closed once the header timeout passes (hyper may answer 408).
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            HEADER_READ_TIMEOUT + Duration::from_secs(10),
+            slow.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(closed.is_ok(), "the slow client still holds its connection");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
