@@ -383,3 +383,99 @@ async fn a_desired_state_over_the_message_limit_is_refused_at_the_api() -> anyho
     cp.stop().await;
     Ok(())
 }
+
+/// A node with a valid certificate floods the control plane with blob requests (each
+/// answered with a megabyte of chunks) and tiny telemetry batches. Heartbeats have their
+/// own lane and the flooder only its own share of the queue, so an honest node's
+/// heartbeats keep being processed throughout and it never looks offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_flooding_node_does_not_starve_the_fleet() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let api = &cp.api;
+    let honest = Node::start(&cp, "honest", &[]).await?;
+    api.wait_status("honest", "online", DEADLINE).await?;
+    let digest = api.upload_module("window-stats", "1").await?;
+    api.deploy(
+        &json!({"name": "mine", "module": "window-stats@1", "nodes": ["flood"],
+        "subscriptions": ["sensors/#"]}),
+    )
+    .await?;
+    let (client, mut eventloop) = hostile_node(&cp, "flood")?;
+    client
+        .publish(
+            NodeTopic::Status.for_node("flood"),
+            QoS::AtLeastOnce,
+            true,
+            idle_heartbeat("flood"),
+        )
+        .await?;
+    let driver = tokio::spawn(async move {
+        // Replies are read and thrown away; a cut connection is reopened.
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let heartbeats = || async {
+        let (_, text) = api.get_text("/metrics").await?;
+        wedge_tests::metric(&text, "wedge_heartbeats_total", &[]).context("heartbeats")
+    };
+    let request = wedge_shared::encode(&BlobRequest {
+        digest: digest.parse()?,
+        offset: 0,
+        max_chunks: 16,
+    });
+    let batch = wedge_shared::encode(&wedge_shared::messages::TelemetryBatch {
+        epoch: 7,
+        epoch_start: 1,
+        first_available: 1,
+        records: vec![],
+    });
+    let before = heartbeats().await?;
+    let flood = async {
+        loop {
+            let _ = client
+                .publish(
+                    NodeTopic::BlobRequest.for_node("flood"),
+                    QoS::AtMostOnce,
+                    false,
+                    request.clone(),
+                )
+                .await;
+            let _ = client
+                .publish(
+                    NodeTopic::Telemetry.for_node("flood"),
+                    QoS::AtMostOnce,
+                    false,
+                    batch.clone(),
+                )
+                .await;
+        }
+    };
+    // While it floods, the honest node's heartbeats (one a second) keep being counted and
+    // it stays online.
+    let watched = async {
+        // Five of the ten the honest node sends in ten seconds, counted within twenty
+        // (before the lanes and the blob rate, it took about a minute).
+        wait_for(
+            "honest heartbeats during the flood",
+            Duration::from_secs(20),
+            || async {
+                let n = heartbeats().await.ok()?;
+                (n >= before + 5.0).then_some(())
+            },
+        )
+        .await
+    };
+    tokio::select! {
+        _ = flood => unreachable!("the flood never ends by itself"),
+        r = watched => r?,
+    }
+    let n = api.node("honest").await?.context("honest known")?;
+    assert_eq!(n["status"], "online", "{n}");
+    driver.abort();
+    drop(honest);
+    cp.stop().await;
+    Ok(())
+}

@@ -107,10 +107,21 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
         json!({"publish_prefixes": ["alerts/forbidden/"]}),
     ))
     .await?;
-    api.wait_module_state("edge", "good", "running", DEADLINE)
-        .await?;
-    api.wait_module_state("edge", "forbidden", "running", DEADLINE)
-        .await?;
+    // Every module that acts on a message must run before the readings arrive: a module
+    // still being fetched or compiled gets no messages (seen on a loaded CI machine, where
+    // trap-message was still compiling and never saw the reading it traps on).
+    for name in [
+        "good",
+        "loop",
+        "memory",
+        "flood",
+        "flood-big",
+        "trap-message",
+        "forbidden",
+    ] {
+        api.wait_module_state("edge", name, "running", DEADLINE)
+            .await?;
+    }
 
     // Readings keep arriving while the hostile modules trap, loop, hog and flood.
     let mut device =

@@ -4,9 +4,13 @@
 //! The control plane is an ordinary MQTT client (rumqttc) of the broker, embedded or
 //! external, so both setups run the same code. rumqttc's event loop must never wait on
 //! our handlers (a handler waiting to publish while the loop waits on the handler is a
-//! deadlock), so incoming messages go to the handler task with `try_send` over a bounded
-//! queue; a full queue drops the message and counts it. Every inbound message is either
-//! repeated by its sender (heartbeats) or retried on a timeout (blob requests).
+//! deadlock), so incoming messages go to two handler tasks with `try_send` over bounded
+//! queues, one for heartbeats and certificate requests and one for telemetry, blobs and
+//! events, each with a per-node share ([`lanes`]); a full queue or share drops the message
+//! and counts it. Every inbound message is either repeated by its sender (heartbeats,
+//! telemetry until acknowledged) or retried on a timeout (blob requests).
+
+mod lanes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +34,6 @@ use crate::time::now_ms;
 
 /// Most chunks sent in answer to one request, whatever the node asks for.
 const MAX_CHUNKS_PER_REQUEST: u32 = 16;
-const INBOUND_QUEUE: usize = 4096;
 
 /// Counters of the session.
 #[derive(Debug, Default)]
@@ -167,8 +170,11 @@ pub struct Context {
 impl Session {
     /// Runs until `shutdown`, reconnecting with capped exponential backoff.
     pub async fn run(mut self, ctx: Context, shutdown: CancellationToken) {
-        let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        let handler = tokio::spawn(handle_inbound(rx, ctx.clone()));
+        let (lanes, (control, bulk)) = lanes::Lanes::new();
+        let handlers = [
+            tokio::spawn(handle_inbound(control, ctx.clone())),
+            tokio::spawn(handle_inbound(bulk, ctx.clone())),
+        ];
         let mut backoff = Duration::from_millis(100);
         let mut drops = DropLog::default();
         loop {
@@ -220,7 +226,7 @@ impl Session {
                         retained: p.retain,
                         enroll,
                     };
-                    if tx.try_send(inbound).is_err() {
+                    if !lanes.offer(inbound) {
                         ctx.counters.dropped_inbound.fetch_add(1, Ordering::Relaxed);
                         drops.dropped(&topic);
                     }
@@ -237,14 +243,16 @@ impl Session {
                 }
             }
         }
-        drop(tx);
+        drop(lanes);
         let _ = self.client.try_disconnect();
         // Let the DISCONNECT go out; the loop ends when the connection closes.
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
             while self.eventloop.poll().await.is_ok() {}
         })
         .await;
-        let _ = handler.await;
+        for handler in handlers {
+            let _ = handler.await;
+        }
     }
 }
 
@@ -274,19 +282,41 @@ impl DropLog {
     }
 }
 
-async fn handle_inbound(mut rx: mpsc::Receiver<Inbound>, ctx: Context) {
-    while let Some(msg) = rx.recv().await {
+/// Blob chunks the control plane sends one node per second, and in a burst (64 KiB each:
+/// 10 MiB/s, 25 MiB at once). A node's fetch asks for the next window (8 chunks) only when
+/// the last one arrived, so an honest fetch of a 12 MB module never meets the limit; a node
+/// that floods requests gets no more than this, and its requests past it are dropped (an
+/// honest fetch would retry after its stall timeout).
+const BLOB_CHUNKS_PER_SEC: u32 = 160;
+const BLOB_CHUNK_BURST: u32 = 400;
+
+type BlobLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+async fn handle_inbound(mut rx: mpsc::Receiver<lanes::Queued>, ctx: Context) {
+    use governor::{Quota, RateLimiter};
+    use std::num::NonZeroU32;
+    let quota = Quota::per_second(NonZeroU32::new(BLOB_CHUNKS_PER_SEC).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(BLOB_CHUNK_BURST).unwrap_or(NonZeroU32::MIN));
+    let blob_chunks: BlobLimiter = RateLimiter::keyed(quota);
+    let mut handled = 0u64;
+    while let Some(queued) = rx.recv().await {
+        let msg = &queued.msg;
+        handled += 1;
+        if handled.is_multiple_of(4096) {
+            // Forget nodes that have not asked lately: the limiter's state stays bounded.
+            blob_chunks.retain_recent();
+        }
         let result = match msg.kind {
-            NodeTopic::Status => on_status(&ctx, &msg).await,
-            NodeTopic::BlobRequest => on_blob_request(&ctx, &msg).await,
-            NodeTopic::Telemetry => on_telemetry(&ctx, &msg).await,
+            NodeTopic::Status => on_status(&ctx, msg).await,
+            NodeTopic::BlobRequest => on_blob_request(&ctx, msg, &blob_chunks).await,
+            NodeTopic::Telemetry => on_telemetry(&ctx, msg).await,
             NodeTopic::Events => {
-                if let Ok(event) = decode_counted::<NodeEvent>(&ctx, &msg) {
+                if let Ok(event) = decode_counted::<NodeEvent>(&ctx, msg) {
                     ctx.fleet.node_event(&msg.node, event, now_ms());
                 }
                 Ok(())
             }
-            NodeTopic::CertRequest => on_cert_request(&ctx, &msg).await,
+            NodeTopic::CertRequest => on_cert_request(&ctx, msg).await,
             // Our own outbound topics.
             NodeTopic::Desired
             | NodeTopic::BlobData
@@ -422,10 +452,25 @@ async fn on_telemetry(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn on_blob_request(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
+async fn on_blob_request(
+    ctx: &Context,
+    msg: &Inbound,
+    limiter: &BlobLimiter,
+) -> anyhow::Result<()> {
     let Ok(req) = decode_counted::<BlobRequest>(ctx, msg) else {
         return Ok(());
     };
+    let chunks = req.max_chunks.clamp(1, MAX_CHUNKS_PER_REQUEST);
+    let allowed = std::num::NonZeroU32::new(chunks)
+        .is_some_and(|n| matches!(limiter.check_key_n(&msg.node, n), Ok(Ok(()))));
+    if !allowed {
+        ctx.counters.dropped_inbound.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            node = msg.node,
+            "blob request over the node's rate, dropped"
+        );
+        return Ok(());
+    }
     // A node gets only the modules its own desired state names: another deployment's code
     // (perhaps a competitor's, perhaps carrying secrets in its data) is "not found" to it,
     // whether or not it exists.
@@ -448,7 +493,7 @@ async fn on_blob_request(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
     };
     let total = blob.len() as u64;
     let mut offset = req.offset.min(total);
-    for _ in 0..req.max_chunks.clamp(1, MAX_CHUNKS_PER_REQUEST) {
+    for _ in 0..chunks {
         if offset >= total {
             break;
         }
