@@ -72,6 +72,13 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
         json!({"limits": {"memory_bytes": 4_194_304}}),
     ))
     .await?;
+    // Leaks 100,000 WASI handles per message: host memory, bounded by the node.
+    api.deploy(&deployment(
+        "handles",
+        "hostile-memory",
+        json!({"config": {"handles": 100_000}}),
+    ))
+    .await?;
     api.deploy(&deployment("trap-init", "hostile-trap-init", json!({})))
         .await?;
     // Refuses to start with a 2 MB error message: the node reports it cut, so its
@@ -114,6 +121,7 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
         "good",
         "loop",
         "memory",
+        "handles",
         "flood",
         "flood-big",
         "trap-message",
@@ -174,6 +182,11 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
     assert!(err(&m).contains("interrupt"), "deadline overrun: {m}");
     let m = report("memory", |m| m["last_error"].is_string()).await?;
     assert!(err(&m).contains("trapped"), "memory exhaustion: {m}");
+    let m = report("handles", |m| m["last_error"].is_string()).await?;
+    assert!(
+        err(&m).contains("trapped") && err(&m).contains("resource table"),
+        "resource table exhaustion: {m}"
+    );
     let m = report("flood", |m| {
         m["stats"]["refused"].as_u64().unwrap_or(0) > 0 && m["last_error"].is_string()
     })

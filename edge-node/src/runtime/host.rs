@@ -72,6 +72,11 @@ pub struct HostContext {
     pub events: EventSink,
 }
 
+/// WASI handles (streams, pollables…) one instance may hold at once. Each is host memory
+/// outside the module's memory limit; wasmtime's default allows a million. A guest
+/// language's runtime holds a few dozen.
+pub const MAX_HANDLES: usize = 10_000;
+
 /// The store data of one instance.
 pub struct HostState {
     wasi: WasiCtx,
@@ -89,7 +94,11 @@ impl HostState {
             // No files, no network, no environment: a module reaches the world only
             // through the host interface.
             wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_HANDLES);
+                table
+            },
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory_bytes)
                 .instances(10)
