@@ -585,7 +585,8 @@ mod tests {
             let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
             fleet.heartbeat(hb("n1", "a"), true, 1_000).unwrap();
         }
-        let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+        // sled releases its lock asynchronously after the drop: reopen waits for it.
+        let fleet = Fleet::load(crate::store::tests::reopen(dir.path())).unwrap();
         assert_eq!(fleet.map(|n| n.id.clone()), ["n1"]);
     }
 }

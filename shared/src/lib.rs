@@ -9,6 +9,7 @@
 //! - [`messages`]: the message bodies (status, desired state, blob transfer).
 //! - [`topics`]: topic names under `wedge/v1/nodes/{node}/…`, id validation and MQTT
 //!   filter matching.
+//! - `wire_check`: every wire message behind one entry point, for fuzzing.
 
 pub mod digest;
 pub mod envelope;
@@ -20,6 +21,8 @@ pub mod mqtt_url;
 pub mod process;
 pub mod signing;
 pub mod topics;
+#[doc(hidden)]
+pub mod wire_check;
 
 pub use digest::Digest;
 pub use envelope::{DecodeError, MAX_MESSAGE_SIZE, PROTOCOL_VERSION, decode, encode};

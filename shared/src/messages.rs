@@ -591,6 +591,65 @@ mod tests {
         }
     }
 
+    /// Writes the seed corpus of the fuzz target `wire`:
+    /// `WEDGE_FUZZ_SEEDS=tests/fuzz/corpus/wire cargo test -p wedge-shared -- --ignored write_fuzz_seeds`.
+    #[test]
+    #[ignore = "writes files; run by hand to refresh the fuzz corpus"]
+    fn write_fuzz_seeds() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+        let Ok(dir) = std::env::var("WEDGE_FUZZ_SEEDS") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("seed directory");
+        let mut runner = TestRunner::new_with_rng(
+            Config::default(),
+            TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
+        );
+        let mut write =
+            |kind: &str, n: usize, bytes: &mut dyn FnMut(&mut TestRunner) -> Vec<u8>| {
+                let k = crate::wire_check::kind_of(kind).expect("a wire kind");
+                for i in 0..n {
+                    let mut input = vec![k];
+                    input.extend(bytes(&mut runner));
+                    std::fs::write(dir.join(format!("{kind}-{i}")), input).expect("seed written");
+                }
+            };
+        fn sample<S: Strategy>(runner: &mut TestRunner, s: S) -> S::Value {
+            s.new_tree(runner).expect("a sample").current()
+        }
+        write("StatusMessage", 4, &mut |r| {
+            encode(&sample(r, status_message()))
+        });
+        write("TelemetryBatch", 4, &mut |r| {
+            encode(&sample(r, telemetry_batch()))
+        });
+        write("BlobRequest", 2, &mut |r| {
+            encode(&sample(r, blob_request()))
+        });
+        write("NodeEvent", 3, &mut |r| encode(&sample(r, node_event())));
+        write("DesiredState", 4, &mut |r| {
+            encode(&sample(r, desired_state()))
+        });
+        write("BlobReply", 3, &mut |r| encode(&sample(r, blob_reply())));
+        write("TelemetryAck", 1, &mut |_| {
+            encode(&TelemetryAck { epoch: 7, upto: 42 })
+        });
+        write("CertRequest", 1, &mut |_| {
+            encode(&CertRequest {
+                csr: "-----BEGIN CERTIFICATE REQUEST-----\n-----END CERTIFICATE REQUEST-----\n"
+                    .into(),
+                token: Some("wbt_0123".into()),
+            })
+        });
+        write("CertReply", 2, &mut |_| {
+            encode(&CertReply::Refused {
+                reason: "no".into(),
+            })
+        });
+    }
+
     #[test]
     fn blob_chunk_is_compact() {
         // Bytes travel as a CBOR byte string, not an array of integers.

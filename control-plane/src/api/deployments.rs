@@ -380,7 +380,9 @@ fn resolve_module(state: &AppState, reference: &str) -> Result<ModuleRecord, Api
 /// Smallest memory limit a deployment may set.
 const MIN_MEMORY_BYTES: u64 = 2 * 1024 * 1024;
 
-fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
+/// Checks a request on its own (no store needed): names, filters, prefixes, limits, strategy,
+/// target. Public for the fuzz target `deployment` (tests/fuzz).
+pub fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
     validate_id(&req.name).map_err(|e| ApiError::bad_request(format!("name {e}")))?;
     for filter in &req.subscriptions {
         validate_filter(filter)

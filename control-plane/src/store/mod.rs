@@ -319,7 +319,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn module(name: &str, bytes: &[u8]) -> ModuleRecord {
@@ -336,7 +336,7 @@ mod tests {
     /// Opens the store in `dir` again after an earlier handle was dropped. sled releases its
     /// file lock asynchronously (its flusher thread holds the database a moment longer), so
     /// a reopen in the same process waits for the lock, with a deadline.
-    pub(super) fn reopen(dir: &Path) -> Store {
+    pub(crate) fn reopen(dir: &Path) -> Store {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match Store::open(dir) {

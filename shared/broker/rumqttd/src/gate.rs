@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 pub use crate::link::network::N as Stream;
 
+use crate::protocol::Packet;
+
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// What a client presented.
@@ -82,4 +84,40 @@ impl Session for Unrestricted {
     fn ended(&self) -> BoxFuture<()> {
         Box::pin(std::future::pending())
     }
+}
+
+/// The first packet in `packets` the session does not allow, described; `None` when all
+/// may pass. The broker runs it on every packet a gated connection reads, before any enters
+/// the router; public so that the fuzz targets check this very function.
+pub fn refused<'a>(
+    session: &dyn Session,
+    packets: impl Iterator<Item = &'a Packet>,
+) -> Option<String> {
+    for packet in packets {
+        match packet {
+            Packet::Publish(publish, _) => {
+                let topic = String::from_utf8_lossy(&publish.topic);
+                if !session.may_publish(&topic) {
+                    return Some(format!("publish to {topic}"));
+                }
+                if publish.retain && !session.may_retain(&topic) {
+                    return Some(format!("retained publish to {topic}"));
+                }
+            }
+            Packet::Subscribe(subscribe, _) => {
+                // Shared subscriptions ($share/group/filter) are not offered on gated
+                // connections: rumqttd's shared-subscription state is not bounded per
+                // client and its cleanup path has panicked.
+                if let Some(f) = subscribe
+                    .filters
+                    .iter()
+                    .find(|f| f.path.starts_with("$share/") || !session.may_subscribe(&f.path))
+                {
+                    return Some(format!("subscribe to {}", f.path));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }

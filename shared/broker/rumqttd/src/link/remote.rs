@@ -4,7 +4,7 @@ use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
-use crate::gate::Session;
+use crate::gate::{refused, Session};
 use crate::{ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
@@ -64,40 +64,6 @@ pub struct RemoteLink<P> {
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
     session: Option<Arc<dyn Session>>,
-}
-
-/// Wedge patch: the first packet in `packets` the session does not allow, described.
-fn refused<'a>(
-    session: &dyn Session,
-    packets: impl Iterator<Item = &'a Packet>,
-) -> Option<String> {
-    for packet in packets {
-        match packet {
-            Packet::Publish(publish, _) => {
-                let topic = String::from_utf8_lossy(&publish.topic);
-                if !session.may_publish(&topic) {
-                    return Some(format!("publish to {topic}"));
-                }
-                if publish.retain && !session.may_retain(&topic) {
-                    return Some(format!("retained publish to {topic}"));
-                }
-            }
-            Packet::Subscribe(subscribe, _) => {
-                // Shared subscriptions ($share/group/filter) are not offered on gated
-                // connections: rumqttd's shared-subscription state is not bounded per
-                // client and its cleanup path has panicked.
-                if let Some(f) = subscribe
-                    .filters
-                    .iter()
-                    .find(|f| f.path.starts_with("$share/") || !session.may_subscribe(&f.path))
-                {
-                    return Some(format!("subscribe to {}", f.path));
-                }
-            }
-            _ => {}
-        }
-    }
-    None
 }
 
 impl<P: Protocol> RemoteLink<P> {
