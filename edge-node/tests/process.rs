@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wedge-node");
-const DEADLINE: Duration = Duration::from_secs(30);
+/// As long as the end-to-end suite allows: on a loaded 2-core CI machine a node once took
+/// over 30 s to appear (cause not found; 0.4 s for the whole test here).
+const DEADLINE: Duration = Duration::from_secs(90);
 
 fn spawn_node(cp: &wedge_control_plane::Running, id: &str, dir: &std::path::Path) -> Child {
     let identity = cp.identity().expect("broker TLS is on");
