@@ -62,41 +62,34 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes a node's desired state, retained.
-    pub async fn desired(&self, node: &str, state: &DesiredState) -> Result<(), String> {
+    /// Publishes to one of `node`'s downward topics, at least once.
+    async fn send(
+        &self,
+        kind: NodeTopic,
+        node: &str,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
         self.client
-            .publish(
-                NodeTopic::Desired.for_node(node),
-                QoS::AtLeastOnce,
-                true,
-                encode(state),
-            )
+            .publish(kind.for_node(node), QoS::AtLeastOnce, retain, payload)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Publishes a node's desired state, retained.
+    pub async fn desired(&self, node: &str, state: &DesiredState) -> Result<(), String> {
+        self.send(NodeTopic::Desired, node, true, encode(state))
+            .await
     }
 
     async fn telemetry_ack(&self, node: &str, ack: &TelemetryAck) -> Result<(), String> {
-        self.client
-            .publish(
-                NodeTopic::TelemetryAck.for_node(node),
-                QoS::AtLeastOnce,
-                false,
-                encode(ack),
-            )
+        self.send(NodeTopic::TelemetryAck, node, false, encode(ack))
             .await
-            .map_err(|e| e.to_string())
     }
 
     async fn blob(&self, node: &str, reply: &BlobReply) -> Result<(), String> {
-        self.client
-            .publish(
-                NodeTopic::BlobData.for_node(node),
-                QoS::AtLeastOnce,
-                false,
-                encode(reply),
-            )
+        self.send(NodeTopic::BlobData, node, false, encode(reply))
             .await
-            .map_err(|e| e.to_string())
     }
 }
 
