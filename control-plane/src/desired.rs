@@ -16,6 +16,8 @@ pub fn modules_for<'a>(records: impl IntoIterator<Item = &'a DeploymentRecord>) 
 pub fn spec(d: &DeploymentRecord) -> ModuleSpec {
     ModuleSpec {
         name: d.name.clone(),
+        module: d.module.name.clone(),
+        version: d.module.version.clone(),
         digest: d.module.digest,
         size: d.module.size,
         subscriptions: d.subscriptions.clone(),

@@ -314,13 +314,26 @@ impl Agent {
 
     /// Starts an instance of `spec`, or starts fetching its blob (`Ok(None)`).
     async fn start(&mut self, spec: &ModuleSpec) -> Result<Option<Instance>, String> {
-        // Before fetching: the signature covers the digest, which the desired state carries.
+        // Before fetching: the signature covers the module's name, version and digest, which
+        // the desired state carries.
+        let signed = wedge_shared::signing::Signed {
+            name: &spec.module,
+            version: &spec.version,
+            digest: &spec.digest,
+        };
         wedge_shared::signing::check(
             spec.signature.as_ref(),
-            &spec.digest,
+            signed,
             &self.identity.trusted_publishers,
         )
         .map_err(|e| e.to_string())?;
+        if let Some(sig) = &spec.signature
+            && sig.covers == wedge_shared::signing::Covers::DigestOnly
+            && !self.identity.trusted_publishers.is_empty()
+        {
+            tracing::warn!(module = %spec.name, "runs under a legacy digest-only signature: \
+                it does not bind the module's name and version; re-sign it (wedgectl modules push --sign-key)");
+        }
         if spec.size > self.identity.max_module_size {
             return Err(format!(
                 "module of {} bytes exceeds this node's limit of {}",

@@ -150,6 +150,13 @@ pub struct DesiredState {
 pub struct ModuleSpec {
     /// Instance name (the deployment's name); unique on a node.
     pub name: String,
+    /// The uploaded module's name and version (`threshold-alert`, `1.2`): what a publisher's
+    /// signature binds together with the digest. Empty from a control plane older than
+    /// name-binding signatures.
+    #[serde(default)]
+    pub module: String,
+    #[serde(default)]
+    pub version: String,
     pub digest: Digest,
     /// Size of the blob in bytes.
     pub size: u64,
@@ -166,7 +173,8 @@ pub struct ModuleSpec {
     /// Limits for this module; `None` fields take the node's defaults.
     #[serde(default)]
     pub limits: Limits,
-    /// The publisher's signature on `digest`, if the module was uploaded signed.
+    /// The publisher's signature on `module`, `version` and `digest`, if the module was
+    /// uploaded signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<crate::signing::ModuleSignature>,
 }
@@ -420,6 +428,8 @@ mod tests {
             .prop_map(
                 |(name, digest, size, subscriptions, config, publish_prefixes, tick_ms, limits)| {
                     ModuleSpec {
+                        module: format!("{name}-m"),
+                        version: "1".into(),
                         name,
                         digest,
                         size,
@@ -429,8 +439,14 @@ mod tests {
                         tick_ms,
                         limits,
                         // Exercise both shapes: signed (from the digest) and unsigned.
-                        signature: (size % 2 == 0)
-                            .then(|| crate::signing::ModuleSignature::sign(&[3; 32], &digest)),
+                        signature: (size % 2 == 0).then(|| {
+                            let m = crate::signing::Signed {
+                                name: "m",
+                                version: "1",
+                                digest: &digest,
+                            };
+                            crate::signing::ModuleSignature::sign(&[3; 32], m)
+                        }),
                     }
                 },
             )

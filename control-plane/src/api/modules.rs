@@ -40,6 +40,12 @@ pub struct ModuleView {
     /// The publisher key that signed it (`ed25519:<base64>`), when uploaded signed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed_by: Option<String>,
+    /// What the signature covers: `name-version-digest`, or `digest-only` for a legacy
+    /// signature (still accepted; it does not stop the bytes being uploaded under another
+    /// name or version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "name-version-digest")]
+    pub signature_covers: Option<String>,
 }
 
 impl From<&ModuleRecord> for ModuleView {
@@ -54,6 +60,7 @@ impl From<&ModuleRecord> for ModuleView {
                 .signature
                 .as_ref()
                 .map(|s| wedge_shared::signing::format_public_key(&s.public_key)),
+            signature_covers: m.signature.as_ref().map(|s| s.covers.as_str().to_owned()),
         }
     }
 }
@@ -85,7 +92,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Vec<ModuleView>>, Ap
     params(
         UploadParams,
         ("Wedge-Signature" = Option<String>, Header,
-            description = "a publisher's signature: `ed25519:<base64 public key>:<base64 signature>` over `wedge-module-v1:sha256:<hex digest>` (`wedgectl modules push --sign-key`)"),
+            description = "a publisher's signature: `ed25519:<base64 public key>:<base64 signature>` over `wedge-module-v2:<name>@<version>:sha256:<hex digest>` (`wedgectl modules push --sign-key`); a legacy signature over `wedge-module-v1:sha256:<hex digest>` is accepted and shown as `digest-only`"),
     ),
     request_body(content = WasmComponent, content_type = "application/wasm"),
     responses(
@@ -129,15 +136,29 @@ async fn upload(
     validate_component(&body).map_err(ApiError::bad_request)?;
 
     let digest = Digest::of(&body);
-    if let Some(sig) = &signature {
-        sig.verify(&digest).map_err(|_| {
-            ApiError::bad_request(format!(
-                "Wedge-Signature does not verify: it was not made by {} over this module \
-                 ({digest})",
-                wedge_shared::signing::format_public_key(&sig.public_key)
-            ))
-        })?;
-    }
+    let signature = match signature {
+        None => None,
+        Some(sig) => {
+            let key = wedge_shared::signing::format_public_key(&sig.public_key);
+            let module = wedge_shared::signing::Signed {
+                name: &params.name,
+                version: &params.version,
+                digest: &digest,
+            };
+            let sig = sig.recognise(module).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "Wedge-Signature does not verify: it was not made by {key} over this \
+                     module as {}@{} ({digest})",
+                    params.name, params.version
+                ))
+            })?;
+            if sig.covers == wedge_shared::signing::Covers::DigestOnly {
+                tracing::warn!(module = %params.name, version = %params.version, %key,
+                    "legacy digest-only signature accepted: it does not bind the name and version");
+            }
+            Some(sig)
+        }
+    };
     if let Some(mut existing) = state.store.module(&params.name, &params.version)? {
         if existing.digest == digest {
             // The same bytes, now (differently) signed: keep the new signature.

@@ -23,7 +23,12 @@ pub async fn push(
         Some(key) => {
             let seed = super::keys::read_seed(key).map_err(Failure::Input)?;
             let digest = wedge_shared::Digest::of(&wasm);
-            Some(wedge_shared::signing::ModuleSignature::sign(&seed, &digest).to_header())
+            let module = wedge_shared::signing::Signed {
+                name,
+                version,
+                digest: &digest,
+            };
+            Some(wedge_shared::signing::ModuleSignature::sign(&seed, module).to_header())
         }
         None => None,
     };
