@@ -15,6 +15,14 @@
 //! in order even when a node's own numbering starts a new epoch (a restart, a wiped or
 //! restored data directory). The node's `(epoch, seq)` is shown beside it.
 //!
+//! **Marks are bounded per node.** A node draws a new epoch each time it opens its buffer,
+//! so a lying node could start one per batch and grow the marks without end. At most
+//! [`MAX_EPOCHS_PER_NODE`] marks are kept per node; a new epoch beyond that evicts the one
+//! least recently sent to. An honest node sends its oldest undelivered epoch first, so the
+//! epoch it is delivering is always among the most recently used; only a node that
+//! restarted that many times *and* then went back to an epoch it had left could see records
+//! of it stored twice. Each mark keeps the time it was last used for that choice.
+//!
 //! **Retention** uses the control plane's clock (the time a record was received), never a
 //! node's: a node with a skewed clock cannot get its data deleted early. The size budget is
 //! shared oldest-first across all nodes, so one chatty node ages out its own history, not
@@ -32,8 +40,12 @@ use super::{Error, Result, Store};
 
 /// Records, keyed by node id, a 0 byte (ids never contain one), the ingest number.
 const LOG: &str = "telemetry_log";
-/// Marks, keyed by node id, a 0 byte, the epoch.
+/// Marks, keyed by node id, a 0 byte, the epoch; the value is the mark and the receive
+/// time of the batch that last used it (8 bytes each, big-endian; older stores hold the
+/// mark alone).
 const MARKS: &str = "telemetry_epoch_marks";
+/// The most epochs whose marks are kept per node.
+pub const MAX_EPOCHS_PER_NODE: usize = 64;
 /// Each node's last ingest number, keyed by node id.
 const COUNTERS: &str = "telemetry_counters";
 /// Stores from before epochs: records keyed by node and the node's sequence number, one
@@ -75,6 +87,21 @@ fn be_u64(v: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// (mark, last used) from a mark's value.
+fn decode_mark(v: &[u8]) -> (u64, u64) {
+    match v.len() {
+        16 => (be_u64(&v[..8]), be_u64(&v[8..])),
+        _ => (be_u64(v), 0),
+    }
+}
+
+fn encode_mark(mark: u64, used_ms: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&mark.to_be_bytes());
+    b[8..].copy_from_slice(&used_ms.to_be_bytes());
+    b
+}
+
 fn node_key(node: &str, n: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(node.len() + 9);
     k.extend_from_slice(node.as_bytes());
@@ -93,6 +120,36 @@ fn after_node(node: &[u8]) -> Vec<u8> {
     let mut k = node.to_vec();
     k.push(1);
     k
+}
+
+/// Evicts `node`'s least recently used marks until a new epoch fits in
+/// [`MAX_EPOCHS_PER_NODE`]. Ingest for one node runs in one task at a time (its lane), so
+/// the count cannot race with another new epoch of the same node.
+fn make_room_for_an_epoch(marks: &sled::Tree, node: &str) -> Result<()> {
+    let start = {
+        let mut k = node.as_bytes().to_vec();
+        k.push(0);
+        k
+    };
+    let mut kept: Vec<(u64, sled::IVec)> = Vec::new();
+    for item in marks.range(start..after_node(node.as_bytes())) {
+        let (k, v) = item?;
+        kept.push((decode_mark(&v).1, k));
+    }
+    if kept.len() < MAX_EPOCHS_PER_NODE {
+        return Ok(());
+    }
+    kept.sort();
+    let excess = kept.len() + 1 - MAX_EPOCHS_PER_NODE;
+    for (_, key) in kept.into_iter().take(excess) {
+        marks.remove(key)?;
+    }
+    tracing::warn!(
+        node,
+        evicted = excess,
+        "a node started more than {MAX_EPOCHS_PER_NODE} buffer epochs: its least recently used marks are dropped"
+    );
+    Ok(())
 }
 
 fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<StoredTelemetry> {
@@ -172,6 +229,9 @@ impl Store {
         let marks = self.db.open_tree(MARKS)?;
         let counters = self.db.open_tree(COUNTERS)?;
         let mark_key = node_key(node, batch.epoch);
+        if !marks.contains_key(&mark_key)? {
+            make_room_for_an_epoch(&marks, node)?;
+        }
         let outcome = (&log, &marks, &counters)
             .transaction(|(log, marks, counters)| {
                 let mut out = IngestOutcome {
@@ -184,7 +244,7 @@ impl Store {
                 };
                 // An epoch seen for the first time starts just below its first number.
                 let mut mark = match marks.get(&mark_key)? {
-                    Some(v) => be_u64(&v),
+                    Some(v) => decode_mark(&v).0,
                     None => batch.epoch_start.max(1) - 1,
                 };
                 let mut counter = counters.get(node.as_bytes())?.map_or(0, |v| be_u64(&v));
@@ -217,7 +277,7 @@ impl Store {
                         out.out_of_order += 1;
                     }
                 }
-                marks.insert(mark_key.as_slice(), &mark.to_be_bytes())?;
+                marks.insert(mark_key.as_slice(), &encode_mark(mark, received_ms))?;
                 counters.insert(node.as_bytes(), &counter.to_be_bytes())?;
                 out.upto = mark;
                 Ok::<_, ConflictableTransactionError<()>>(out)
@@ -233,6 +293,18 @@ impl Store {
         // Durable before we acknowledge: the node deletes what we acknowledge.
         self.db.flush()?;
         Ok(outcome)
+    }
+
+    /// The epochs whose marks are kept for `node`, with their marks.
+    #[cfg(test)]
+    fn telemetry_marks(&self, node: &str) -> Result<Vec<(u64, u64)>> {
+        let marks = self.db.open_tree(MARKS)?;
+        let mut out = Vec::new();
+        for item in marks.range(node_key(node, 0)..after_node(node.as_bytes())) {
+            let (k, v) = item?;
+            out.push((be_u64(&k[k.len() - 8..]), decode_mark(&v).0));
+        }
+        Ok(out)
     }
 
     /// Retention: deletes records received before `cutoff_ms`, then, while the records
@@ -448,6 +520,60 @@ mod tests {
             store.telemetry("n", None, 999, 10).unwrap()[0].received_ms,
             20
         );
+    }
+
+    #[test]
+    fn a_node_starting_epoch_after_epoch_keeps_a_bounded_number_of_marks() {
+        let (_dir, store) = open();
+        // An honest node delivers in epoch 1 while a lying one opens a new epoch per batch.
+        store
+            .ingest_telemetry("good", &batch(1, 1, &[1, 2]), 1)
+            .unwrap();
+        let mut now = 10;
+        for epoch in 100..400u64 {
+            now += 1;
+            let o = store
+                .ingest_telemetry("liar", &batch(epoch, 1, &[1, 2, 3]), now)
+                .unwrap();
+            assert_eq!((o.stored, o.upto), (3, 3), "epoch {epoch}");
+            let kept = store.telemetry_marks("liar").unwrap();
+            assert!(kept.len() <= MAX_EPOCHS_PER_NODE, "{} marks", kept.len());
+            // The epoch just used is always kept, with its mark.
+            assert!(kept.contains(&(epoch, 3)));
+        }
+        // The kept marks are the most recently used ones.
+        let kept: Vec<u64> = store
+            .telemetry_marks("liar")
+            .unwrap()
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        assert_eq!(
+            kept,
+            (400 - MAX_EPOCHS_PER_NODE as u64..400).collect::<Vec<_>>()
+        );
+        // A recently used epoch still recognises its re-sent records.
+        let o = store
+            .ingest_telemetry("liar", &batch(399, 1, &[2, 3]), now + 1)
+            .unwrap();
+        assert_eq!((o.stored, o.duplicates), (0, 2));
+        // Another node's marks are untouched, and it goes on exactly once.
+        assert_eq!(store.telemetry_marks("good").unwrap(), [(1, 2)]);
+        let o = store
+            .ingest_telemetry("good", &batch(1, 1, &[2, 3]), now + 2)
+            .unwrap();
+        assert_eq!((o.stored, o.duplicates, o.upto), (1, 1, 3));
+    }
+
+    #[test]
+    fn marks_written_before_they_carried_a_time_still_read() {
+        let (_dir, store) = open();
+        let marks = store.db.open_tree(MARKS).unwrap();
+        marks.insert(node_key("n", 5), &7u64.to_be_bytes()).unwrap();
+        let o = store
+            .ingest_telemetry("n", &batch(5, 1, &[7, 8]), 1)
+            .unwrap();
+        assert_eq!((o.stored, o.duplicates, o.upto), (1, 1, 8));
     }
 
     #[test]
