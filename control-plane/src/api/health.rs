@@ -24,24 +24,26 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the store answers and the control plane's MQTT session is connected to the
-/// broker (the embedded one, or the external one given by `mqtt_broker`).
+/// Ready when the store answers, the control plane's MQTT session is connected to the
+/// broker (the embedded one, or the external one given by `mqtt_broker`), and the handlers
+/// of nodes' messages run and are not stuck on one message.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "store and broker are up", body = String, content_type = "text/plain"),
-        (status = 503, description = "the store does not answer or the broker is not connected", body = String, content_type = "text/plain"),
+        (status = 503, description = "the store does not answer, the broker is not connected, or the inbound handlers are gone or stuck", body = String, content_type = "text/plain"),
     ))]
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, why.to_owned());
     if state.store.modules().is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
+        return unavailable("store unavailable");
     }
     if !state.counters.connected.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the MQTT broker",
-        );
+        return unavailable("not connected to the MQTT broker");
     }
-    (StatusCode::OK, "ready")
+    if let Some(problem) = state.counters.liveness.problem(crate::time::now_ms()) {
+        return unavailable(&problem);
+    }
+    (StatusCode::OK, "ready".to_owned())
 }
 
 /// Prometheus metrics: nodes by status, rollouts by phase, telemetry ingest and acks, API

@@ -11,6 +11,7 @@
 //! telemetry until acknowledged) or retried on a timeout (blob requests).
 
 mod lanes;
+mod liveness;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +54,8 @@ pub struct Counters {
     /// Times our session connected to the broker: 1 in a healthy run; more means it was
     /// cut off (a broker restart, or a client taking its id).
     pub connects: AtomicU64,
+    /// Whether the inbound handlers run and move (readiness).
+    pub liveness: liveness::Liveness,
 }
 
 /// Publishes on behalf of the control plane. Cheap to clone.
@@ -165,8 +168,8 @@ impl Session {
     pub async fn run(mut self, ctx: Context, shutdown: CancellationToken) {
         let (lanes, (control, bulk)) = lanes::Lanes::new();
         let handlers = [
-            tokio::spawn(handle_inbound(control, ctx.clone())),
-            tokio::spawn(handle_inbound(bulk, ctx.clone())),
+            tokio::spawn(handle_inbound(control, ctx.clone(), 0)),
+            tokio::spawn(handle_inbound(bulk, ctx.clone(), 1)),
         ];
         let mut backoff = Duration::from_millis(100);
         let mut drops = DropLog::default();
@@ -285,7 +288,8 @@ const BLOB_CHUNK_BURST: u32 = 400;
 
 type BlobLimiter = governor::DefaultKeyedRateLimiter<String>;
 
-async fn handle_inbound(mut rx: mpsc::Receiver<lanes::Queued>, ctx: Context) {
+async fn handle_inbound(mut rx: mpsc::Receiver<lanes::Queued>, ctx: Context, lane: usize) {
+    let alive = liveness::Alive::new(ctx.counters.clone(), lane);
     use governor::{Quota, RateLimiter};
     use std::num::NonZeroU32;
     let quota = Quota::per_second(NonZeroU32::new(BLOB_CHUNKS_PER_SEC).unwrap_or(NonZeroU32::MIN))
@@ -294,6 +298,7 @@ async fn handle_inbound(mut rx: mpsc::Receiver<lanes::Queued>, ctx: Context) {
     let mut handled = 0u64;
     while let Some(queued) = rx.recv().await {
         let msg = &queued.msg;
+        alive.busy(now_ms());
         handled += 1;
         if handled.is_multiple_of(4096) {
             // Forget nodes that have not asked lately: the limiter's state stays bounded.
@@ -319,6 +324,7 @@ async fn handle_inbound(mut rx: mpsc::Receiver<lanes::Queued>, ctx: Context) {
         if let Err(e) = result {
             tracing::warn!(node = msg.node, error = %e, "inbound message not handled");
         }
+        alive.idle();
     }
 }
 
