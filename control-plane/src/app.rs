@@ -60,16 +60,7 @@ impl App {
             );
             None
         } else if config.tls.enabled {
-            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-            if let Ok(host) = std::env::var("HOSTNAME") {
-                names.push(host);
-            }
-            if !config.mqtt_listen.ip().is_unspecified() {
-                names.push(config.mqtt_listen.ip().to_string());
-            }
-            names.extend(config.tls.names.iter().cloned());
-            names.sort();
-            names.dedup();
+            let names = server_names(&config, config.mqtt_listen);
             let identity = Identity::load(crate::identity::Settings {
                 data_dir: config.data_dir.clone(),
                 broker_names: names,
@@ -212,8 +203,10 @@ impl App {
             guard,
         );
         let api_shutdown = shutdown.clone();
-        tracker.spawn(api::serve::serve(listener, app, api_shutdown));
-        tracing::info!(api = %api_addr, mqtt = %mqtt_addr, "control plane started");
+        let api_tls = api::tls::server_config(&config, &server_names(&config, api_addr))?;
+        let scheme = if api_tls.is_some() { "https" } else { "http" };
+        tracker.spawn(api::serve::serve(listener, app, api_tls, api_shutdown));
+        tracing::info!(api = %api_addr, mqtt = %mqtt_addr, api_scheme = scheme, "control plane started");
         Ok(Running {
             tunables: Arc::new(tunables),
             api_addr,
@@ -223,6 +216,22 @@ impl App {
             identity,
         })
     }
+}
+
+/// The names a server certificate of ours carries: `localhost`, `127.0.0.1`, this host's
+/// name, the address it listens on when that is a specific one, and `[tls] names`.
+fn server_names(config: &Config, listen: SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if let Ok(host) = std::env::var("HOSTNAME") {
+        names.push(host);
+    }
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    names.extend(config.tls.names.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Marks nodes offline whose heartbeats are overdue (`heartbeat_timeout_secs`, as reloaded).

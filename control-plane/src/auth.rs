@@ -59,6 +59,16 @@ pub struct Entry {
     /// Hex SHA-256 of the secret part.
     pub sha256: String,
     pub created_at: String,
+    /// When it stops working (ms since the epoch); none: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Entry {
+    /// Whether it has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -87,8 +97,22 @@ fn write_file(path: &Path, file: &TokenFile) -> anyhow::Result<()> {
     crate::files::write_private_toml(path, file)
 }
 
-/// Creates a token in `data_dir` and returns it: the only time the secret is seen.
+/// Creates a token in `data_dir` that works until revoked, and returns it: the only time the
+/// secret is seen.
 pub fn create(data_dir: &Path, name: &str, role: Role) -> anyhow::Result<(Entry, String)> {
+    create_expiring(data_dir, name, role, None)
+}
+
+/// Creates a token that stops working after `ttl` (none: until revoked).
+pub fn create_expiring(
+    data_dir: &Path,
+    name: &str,
+    role: Role,
+    ttl: Option<std::time::Duration>,
+) -> anyhow::Result<(Entry, String)> {
+    if ttl.is_some_and(|t| t.is_zero()) {
+        bail!("a token's lifetime must be longer than zero");
+    }
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         bail!("a token name is 1 to 64 printable characters");
     }
@@ -111,6 +135,9 @@ pub fn create(data_dir: &Path, name: &str, role: Role) -> anyhow::Result<(Entry,
         role,
         sha256: hash(&secret),
         created_at: crate::time::rfc3339(crate::time::now_ms()),
+        expires_at_ms: ttl.map(|t| {
+            crate::time::now_ms().saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+        }),
     };
     file.tokens.push(entry.clone());
     write_file(&path, &file)?;
@@ -208,7 +235,8 @@ impl Tokens {
         let by_id = self.by_id.read().ok()?;
         let entry = by_id.get(id)?;
         // Both sides are hashes of the same length; comparing them leaks nothing useful.
-        (entry.sha256 == hash(secret)).then(|| entry.clone())
+        (entry.sha256 == hash(secret) && !entry.expired(crate::time::now_ms()))
+            .then(|| entry.clone())
     }
 }
 
@@ -239,6 +267,26 @@ mod tests {
         assert!(!revoke(dir.path(), &entry.id).unwrap());
         tokens.reload().unwrap();
         assert!(tokens.verify(&token).is_none());
+    }
+
+    #[test]
+    fn a_token_with_a_lifetime_stops_working_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let (entry, token) = create_expiring(dir.path(), "ci", Role::Operator, Some(day)).unwrap();
+        let tokens = Tokens::load(dir.path()).unwrap();
+        assert!(tokens.verify(&token).is_some(), "valid within its lifetime");
+        let now = crate::time::now_ms();
+        let at = entry.expires_at_ms.unwrap();
+        assert!(at > now && at <= now + 86_400_000);
+        assert!(!entry.expired(at - 1) && entry.expired(at));
+        // The same token, its end moved into the past (as time passing would).
+        let mut file = read_file(&dir.path().join(FILE)).unwrap();
+        file.tokens[0].expires_at_ms = Some(now.saturating_sub(1));
+        write_file(&dir.path().join(FILE), &file).unwrap();
+        tokens.reload().unwrap();
+        assert!(tokens.verify(&token).is_none(), "refused once expired");
+        assert!(create_expiring(dir.path(), "x", Role::Viewer, Some(Default::default())).is_err());
     }
 
     #[test]

@@ -16,6 +16,15 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP API address.
     pub api_listen: SocketAddr,
+    /// Whether the API speaks HTTPS: `auto` (the default) serves HTTPS on every address but
+    /// a loopback one; `on` always; `off` plain HTTP even on a network address (only behind
+    /// a TLS-terminating proxy: tokens cross the network in clear otherwise).
+    pub api_tls: ApiTls,
+    /// The API's certificate chain and key (PEM), e.g. from a public CA; without them it
+    /// uses a certificate from the control plane's own CA, which `wedgectl` pins
+    /// (`--ca-sha256`).
+    pub api_tls_cert_file: Option<PathBuf>,
+    pub api_tls_key_file: Option<PathBuf>,
     /// Address of the embedded MQTT broker the nodes connect to.
     pub mqtt_listen: SocketAddr,
     /// An external MQTT broker (`mqtt://host:port`, e.g. Mosquitto) to use instead of the
@@ -70,6 +79,9 @@ impl Config {
             old,
             data_dir,
             api_listen,
+            api_tls,
+            api_tls_cert_file,
+            api_tls_key_file,
             mqtt_listen,
             mqtt_broker,
             mqtt_broker_username,
@@ -79,6 +91,28 @@ impl Config {
             auth,
             tls,
         )
+    }
+}
+
+/// Whether the API speaks HTTPS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiTls {
+    /// HTTPS unless the API listens on a loopback address.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Config {
+    /// Whether the API is served over HTTPS.
+    pub fn api_https(&self) -> bool {
+        match self.api_tls {
+            ApiTls::On => true,
+            ApiTls::Off => false,
+            ApiTls::Auto => !self.api_listen.ip().is_loopback(),
+        }
     }
 }
 
@@ -133,6 +167,9 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("wedge-control-data"),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_tls: ApiTls::Auto,
+            api_tls_cert_file: None,
+            api_tls_key_file: None,
             mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
             mqtt_broker: None,
             mqtt_broker_username: None,
@@ -207,6 +244,15 @@ impl Config {
         }
         if self.tls.node_cert_lifetime_secs < 3 {
             bail!("tls.node_cert_lifetime_secs must be at least 3");
+        }
+        if self.api_tls_cert_file.is_some() != self.api_tls_key_file.is_some() {
+            bail!("api_tls_cert_file and api_tls_key_file go together: give both or neither");
+        }
+        if self.api_tls_cert_file.is_some() && !self.api_https() {
+            bail!(
+                "api_tls_cert_file is given but the API serves plain HTTP (api_tls = off, or \
+                 auto on a loopback address): set api_tls = \"on\""
+            );
         }
         if self.max_module_size == 0 {
             bail!("max_module_size must be positive");

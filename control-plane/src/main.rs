@@ -20,6 +20,15 @@ struct Cli {
     /// HTTP API address [default: 127.0.0.1:8080].
     #[arg(long, env = "WEDGE_API_LISTEN")]
     api_listen: Option<SocketAddr>,
+    /// HTTPS for the API: auto (HTTPS unless on a loopback address), on, off [default: auto].
+    #[arg(long, env = "WEDGE_API_TLS", value_enum)]
+    api_tls: Option<wedge_control_plane::config::ApiTls>,
+    /// The API's certificate chain (PEM) [default: one from the control plane's CA].
+    #[arg(long, env = "WEDGE_API_TLS_CERT_FILE")]
+    api_tls_cert_file: Option<PathBuf>,
+    /// The API certificate's private key (PEM).
+    #[arg(long, env = "WEDGE_API_TLS_KEY_FILE")]
+    api_tls_key_file: Option<PathBuf>,
     /// Embedded MQTT broker address [default: 0.0.0.0:8883].
     #[arg(long, env = "WEDGE_MQTT_LISTEN")]
     mqtt_listen: Option<SocketAddr>,
@@ -60,6 +69,9 @@ enum TokenCommand {
         /// viewer: read only; operator: read and change
         #[arg(long, value_enum)]
         role: wedge_control_plane::auth::Role,
+        /// Lifetime, e.g. 90d or 12h [default: until revoked]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
     },
     /// List tokens (ids, names, roles; never secrets)
     List,
@@ -71,10 +83,13 @@ fn admin(data_dir: &std::path::Path, command: Admin) -> anyhow::Result<()> {
     use wedge_control_plane::auth;
     let Admin::Token(command) = command;
     match command {
-        TokenCommand::Create { name, role } => {
-            let (entry, token) = auth::create(data_dir, &name, role)?;
+        TokenCommand::Create { name, role, ttl } => {
+            let (entry, token) = auth::create_expiring(data_dir, &name, role, ttl)?;
+            let until = entry.expires_at_ms.map_or(String::new(), |at| {
+                format!(", valid until {}", wedge_control_plane::time::rfc3339(at))
+            });
             eprintln!(
-                "created token {} ({}) for {}; it is shown once, keep it safe:",
+                "created token {} ({}) for {}{until}; it is shown once, keep it safe:",
                 entry.id,
                 entry.role.as_str(),
                 entry.name
@@ -82,9 +97,17 @@ fn admin(data_dir: &std::path::Path, command: Admin) -> anyhow::Result<()> {
             println!("{token}");
         }
         TokenCommand::List => {
+            let now = wedge_control_plane::time::now_ms();
             for t in auth::list(data_dir)? {
+                let expiry = match t.expires_at_ms {
+                    None => String::new(),
+                    Some(at) if t.expired(now) => {
+                        format!("  (expired {})", wedge_control_plane::time::rfc3339(at))
+                    }
+                    Some(at) => format!("  (until {})", wedge_control_plane::time::rfc3339(at)),
+                };
                 println!(
-                    "{}  {:<8}  {}  {}",
+                    "{}  {:<8}  {}  {}{expiry}",
                     t.id,
                     t.role.as_str(),
                     t.created_at,
@@ -112,6 +135,15 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = cli.api_listen {
         config.api_listen = v;
+    }
+    if let Some(v) = cli.api_tls {
+        config.api_tls = v;
+    }
+    if let Some(v) = &cli.api_tls_cert_file {
+        config.api_tls_cert_file = Some(v.clone());
+    }
+    if let Some(v) = &cli.api_tls_key_file {
+        config.api_tls_key_file = Some(v.clone());
     }
     if let Some(v) = cli.mqtt_listen {
         config.mqtt_listen = v;

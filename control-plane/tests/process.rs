@@ -150,6 +150,22 @@ fn token_commands_create_list_and_revoke() {
 
     let out = run(&["token", "create", "--name", "x", "--role", "admin"]);
     assert_eq!(out.status.code(), Some(2), "clap refuses an unknown role");
+    // A token with a lifetime says until when, and so does the list.
+    let out = run(&[
+        "token", "create", "--name", "ci-job", "--role", "operator", "--ttl", "12h",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("valid until"));
+    let list = String::from_utf8_lossy(&run(&["token", "list"]).stdout).to_string();
+    assert!(list.contains("ci-job  (until "), "{list}");
+    let out = run(&[
+        "token", "create", "--name", "y", "--role", "viewer", "--ttl", "soon",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap refuses a lifetime it cannot read"
+    );
     assert!(run(&["token", "revoke", &id]).status.success());
     let out = run(&["token", "revoke", &id]);
     assert!(!out.status.success());

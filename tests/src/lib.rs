@@ -125,9 +125,16 @@ impl ControlPlane {
             None
         };
         let data_dir = config.data_dir.clone();
+        let https = config.api_https();
         let running = wedge_control_plane::App::start(config).await?;
+        let api = if https {
+            let ca = wedge_pki::Ca::load_or_create(&data_dir)?;
+            Api::https(running.api_addr(), token.clone(), ca.cert_pem())?
+        } else {
+            Api::with_token(running.api_addr(), token.clone())
+        };
         Ok(Self {
-            api: Api::with_token(running.api_addr(), token.clone()),
+            api,
             token,
             mqtt_addr: running.mqtt_addr(),
             enrollment: enrollment(&running)?,
@@ -317,18 +324,38 @@ impl Api {
 
     /// A client that sends `token` as its bearer token.
     pub fn with_token(addr: SocketAddr, token: Option<String>) -> Self {
+        Self::build(format!("http://{addr}"), token, None)
+    }
+
+    /// A client of an HTTPS API whose certificate comes from the CA `ca_pem`.
+    pub fn https(addr: SocketAddr, token: Option<String>, ca_pem: &str) -> anyhow::Result<Self> {
+        let tls = wedge_pki::client_config_anonymous(ca_pem)?;
+        // Listening on every address: reach it by a name its certificate carries.
+        let mut addr = addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Ok(Self::build(
+            format!("https://{addr}"),
+            token,
+            Some(std::sync::Arc::unwrap_or_clone(tls)),
+        ))
+    }
+
+    fn build(base: String, token: Option<String>, tls: Option<rustls::ClientConfig>) -> Self {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(t) = token
             && let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
         {
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
+        let mut http = reqwest::Client::builder().default_headers(headers);
+        if let Some(tls) = tls {
+            http = http.use_preconfigured_tls(tls);
+        }
         Self {
-            base: format!("http://{addr}"),
-            http: reqwest::Client::builder()
-                .default_headers(headers)
-                .build()
-                .unwrap_or_default(),
+            base,
+            http: http.build().unwrap_or_default(),
         }
     }
 

@@ -146,6 +146,17 @@ fn containers_compose_and_kubernetes_fit_together() -> anyhow::Result<()> {
     let container = &pod["containers"][0];
     ensure!(container["readinessProbe"]["httpGet"]["path"] == "/readyz");
     ensure!(container["livenessProbe"]["httpGet"]["path"] == "/healthz");
+    // The probes speak what the API serves.
+    let scheme = if config.api_https() { "HTTPS" } else { "HTTP" };
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let given = container[probe]["httpGet"]["scheme"]
+            .as_str()
+            .unwrap_or("HTTP");
+        ensure!(
+            given == scheme,
+            "{probe} uses {given}, the API serves {scheme}"
+        );
+    }
     let data_mount = container["volumeMounts"]
         .as_sequence()
         .and_then(|m| m.iter().find(|m| m["name"] == "data"))

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod modules;
 pub mod nodes;
 pub mod serve;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -6,6 +6,7 @@
 //! - **Connection cap** (`MAX_CONNECTIONS`): past it, new connections wait in the listen
 //!   backlog until one closes, so open sockets (and file descriptors) stay bounded.
 //! - A failed accept (out of file descriptors) waits 100 ms rather than spinning.
+//! - With HTTPS, the TLS handshake must end within the header timeout too.
 //!
 //! Shutdown is graceful: no new connections, requests in flight finish (up to 10 s).
 
@@ -27,8 +28,14 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests in flight may take to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serves `app` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+/// Serves `app` on `listener` until `shutdown`, over TLS when `tls` is given.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -54,9 +61,32 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
             },
         };
         let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let Some(acceptor) = acceptor.clone() else {
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                let _slot = slot;
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "API connection ended");
+                }
+            });
+            continue;
+        };
+        let (http, watcher) = (http.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _slot = slot;
+            let stream =
+                match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "API TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("API TLS handshake timed out");
+                        return;
+                    }
+                };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "API connection ended");
             }
@@ -82,7 +112,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, app, stop.clone()));
+        let server = tokio::spawn(serve(listener, app, None, stop.clone()));
 
         let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")

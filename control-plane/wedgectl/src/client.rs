@@ -29,6 +29,29 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// Whom an `https://` API must prove it is: the pinned CA, or the certificates of a file.
+/// There is no default trust: the control plane's certificate comes from its own CA.
+fn tls(settings: &crate::settings::Settings) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context as _;
+    let config = match (&settings.ca_sha256, &settings.ca_file) {
+        (Some(pin), _) => wedge_pki::client_config_pinned(pin)?,
+        (None, Some(file)) => {
+            let pem = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the CA file {}", file.display()))?;
+            wedge_pki::client_config_anonymous(&pem)
+                .with_context(|| format!("no usable certificates in {}", file.display()))?
+        }
+        (None, None) => anyhow::bail!(
+            "{} is HTTPS: say whom to trust with --ca-sha256 HASH (the control plane's CA, \
+             printed by wedge-control at start and by `wedgectl enroll-token create`) or \
+             --ca-file FILE (WEDGE_CA_SHA256, WEDGE_CA_FILE, or ca_sha256/ca_file in the \
+             config file)",
+            settings.api
+        ),
+    };
+    Ok(std::sync::Arc::unwrap_or_clone(config))
+}
+
 /// A successful answer: the status (200 and 201 can mean different things) and the body.
 #[derive(Debug)]
 pub struct Answer {
@@ -37,15 +60,17 @@ pub struct Answer {
 }
 
 impl Client {
-    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+    pub fn new(settings: &crate::settings::Settings) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .build()?;
+            .timeout(Duration::from_secs(60));
+        if settings.api.starts_with("https://") {
+            http = http.use_preconfigured_tls(tls(settings)?);
+        }
         Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            http,
+            base: settings.api.trim_end_matches('/').to_string(),
+            token: settings.token.clone(),
+            http: http.build()?,
         })
     }
 

@@ -23,13 +23,21 @@ use crate::output::Format;
     about = "Operate a Wedge fleet from the command line"
 )]
 struct Cli {
-    /// Control plane API, e.g. http://control.example.net:8080 [default: http://127.0.0.1:8080]
+    /// Control plane API, e.g. https://control.example.net:8080 [default: http://127.0.0.1:8080]
     #[arg(long, env = "WEDGE_API", global = true)]
     api: Option<String>,
+    /// For an https:// API: SHA-256 of the control plane's CA certificate, pinned like nodes
+    /// pin it (printed by `wedge-control` at start and by `wedgectl enroll-token create`)
+    #[arg(long, env = "WEDGE_CA_SHA256", global = true)]
+    ca_sha256: Option<String>,
+    /// For an https:// API: PEM certificates to trust instead (the CA's ca.crt, or a public
+    /// CA bundle when the API has a certificate of the operator's)
+    #[arg(long, env = "WEDGE_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
     /// API token (sent as a bearer token)
     #[arg(long, env = "WEDGE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
-    /// TOML file with `api` and `token` [default: ~/.config/wedge/wedgectl.toml]
+    /// TOML file with `api`, `token`, `ca_sha256`, `ca_file` [default: ~/.config/wedge/wedgectl.toml]
     #[arg(long, env = "WEDGE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Output format
@@ -207,14 +215,20 @@ pub type Result<T> = std::result::Result<T, Failure>;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (api, token) = match settings::resolve(cli.api, cli.token, cli.config.as_deref()) {
+    let given = settings::Given {
+        api: cli.api,
+        token: cli.token,
+        ca_sha256: cli.ca_sha256,
+        ca_file: cli.ca_file,
+    };
+    let settings = match settings::resolve(given, cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wedgectl: {e:#}");
             return ExitCode::from(2);
         }
     };
-    let client = match client::Client::new(&api, token) {
+    let client = match client::Client::new(&settings) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wedgectl: {e:#}");

@@ -2,7 +2,10 @@
 //! `WEDGE_TOKEN`, read by clap), then a TOML file, then the default.
 //!
 //! The file is `$WEDGE_CONFIG`, else `$XDG_CONFIG_HOME/wedge/wedgectl.toml`, else
-//! `~/.config/wedge/wedgectl.toml`; it holds `api = "http://…"` and `token = "…"`.
+//! `~/.config/wedge/wedgectl.toml`; it holds `api = "http://…"`, `token = "…"` and, for
+//! an `https://` API, `ca_sha256 = "…"` (the control plane's CA, pinned like nodes pin it)
+//! or `ca_file = "…"` (PEM certificates to trust, e.g. the CA's `ca.crt` or a public
+//! bundle when the API has a certificate of the operator's).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +19,27 @@ pub const DEFAULT_API: &str = "http://127.0.0.1:8080";
 pub struct File {
     pub api: Option<String>,
     pub token: Option<String>,
+    pub ca_sha256: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What the flags (or their environment variables) say; `None` falls back to the file.
+#[derive(Debug, Default)]
+pub struct Given {
+    pub api: Option<String>,
+    pub token: Option<String>,
+    pub ca_sha256: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How to reach the API.
+#[derive(Debug, Default)]
+pub struct Settings {
+    pub api: String,
+    pub token: Option<String>,
+    /// Whom to trust for an `https://` API.
+    pub ca_sha256: Option<String>,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The file to read: the one named, or the default location if it exists.
@@ -36,19 +60,23 @@ pub fn read(path: &Path) -> anyhow::Result<File> {
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
 
-/// The API URL and token to use.
-pub fn resolve(
-    api: Option<String>,
-    token: Option<String>,
-    config: Option<&Path>,
-) -> anyhow::Result<(String, Option<String>)> {
+/// The API URL, token and trust to use: what is `given` wins over the file.
+pub fn resolve(given: Given, config: Option<&Path>) -> anyhow::Result<Settings> {
     let file = match file_path(config) {
         Some(p) => read(&p)?,
         None => File::default(),
     };
-    let api = api.or(file.api).unwrap_or_else(|| DEFAULT_API.to_string());
+    let api = given
+        .api
+        .or(file.api)
+        .unwrap_or_else(|| DEFAULT_API.to_string());
     if !(api.starts_with("http://") || api.starts_with("https://")) {
         anyhow::bail!("the API URL must start with http:// or https://, not {api:?}");
     }
-    Ok((api, token.or(file.token).filter(|t| !t.is_empty())))
+    Ok(Settings {
+        api,
+        token: given.token.or(file.token).filter(|t| !t.is_empty()),
+        ca_sha256: given.ca_sha256.or(file.ca_sha256).filter(|t| !t.is_empty()),
+        ca_file: given.ca_file.or(file.ca_file),
+    })
 }

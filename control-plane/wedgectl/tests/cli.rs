@@ -448,3 +448,76 @@ async fn errors_say_what_is_wrong() -> anyhow::Result<()> {
     cp.stop().await;
     Ok(())
 }
+
+/// A control plane listening on a network address serves its API over HTTPS by default,
+/// with a certificate from its own CA; `wedgectl` talks to it only when told whom to trust
+/// (the CA's hash, pinned like nodes pin it, or the CA file) and refuses another CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_on_a_network_address_is_https_and_wedgectl_pins_its_ca() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = wedge_control_plane::Config {
+        data_dir: dir.path().to_path_buf(),
+        // Every address: `api_tls = auto` must not serve plain HTTP here.
+        api_listen: "0.0.0.0:0".parse()?,
+        mqtt_listen: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    };
+    let cp = ControlPlane::start_with(config, dir).await?;
+    ensure!(cp.api.base.starts_with("https://"), "{}", cp.api.base);
+    let port = cp
+        .api
+        .base
+        .rsplit(':')
+        .next()
+        .context("a port")?
+        .to_string();
+    let (status, _) = cp.api.get("/api/v1/nodes").await?;
+    ensure!(status == 200, "the harness reaches it over HTTPS");
+
+    // Plain HTTP to that port gets no API answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    ensure!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "plain HTTP was answered: {plain:?}"
+    );
+
+    let ca = wedge_pki::Ca::load_or_create(cp.data_dir())?;
+    let t = Target {
+        api: format!("https://127.0.0.1:{port}"),
+        token: cp.token.clone().context("auth is on")?,
+    };
+    // No trust given: a usage error that says what to give.
+    let out = ctl(&t, &["nodes"]).await?;
+    ensure!(out.status.code() == Some(2), "{}", stderr(&out));
+    ensure!(stderr(&out).contains("--ca-sha256"), "{}", stderr(&out));
+    // The CA pinned by hash, or trusted from its file.
+    let pin = ca.fingerprint();
+    ok(&t, &["--ca-sha256", &pin, "nodes"]).await?;
+    let ca_file = cp.data_dir().join("ca.crt");
+    ensure!(
+        ca_file.is_file(),
+        "the CA certificate is ca.crt in the data dir"
+    );
+    ok(
+        &t,
+        &["--ca-file", ca_file.to_str().context("utf-8")?, "nodes"],
+    )
+    .await?;
+    // Another CA (a man in the middle's): refused, the token never sent.
+    let stranger = tempfile::tempdir()?;
+    let other = wedge_pki::Ca::load_or_create(stranger.path())?.fingerprint();
+    let out = ctl(&t, &["--ca-sha256", &other, "nodes"]).await?;
+    ensure!(out.status.code() == Some(3), "{}", stderr(&out));
+    let other_file = stranger.path().join("ca.crt");
+    let out = ctl(
+        &t,
+        &["--ca-file", other_file.to_str().context("utf-8")?, "nodes"],
+    )
+    .await?;
+    ensure!(out.status.code() == Some(3), "{}", stderr(&out));
+    Ok(())
+}

@@ -489,7 +489,7 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
             .find(|c| hex::encode(Sha256::digest(c.as_ref())) == self.pin)
             .ok_or_else(|| {
                 rustls::Error::General(
-                    "the server's CA does not have the pinned SHA-256 (uplink.ca_sha256)".into(),
+                    "the server's CA does not have the pinned SHA-256 (a node's uplink.ca_sha256, wedgectl's --ca-sha256)".into(),
                 )
             })?;
         let mut roots = rustls::RootCertStore::empty();
