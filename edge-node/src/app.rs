@@ -105,6 +105,7 @@ impl App {
             keep_alive: Duration::from_secs(config.keep_alive_secs),
             tls,
             data_dir: config.data_dir.clone(),
+            credentials: config.uplink_credentials()?,
         });
         let uplink_counters = client.counters().clone();
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(

@@ -25,6 +25,10 @@ pub struct Config {
     pub enroll_token: Option<String>,
     /// SHA-256 (hex) of the control plane's CA certificate: the node trusts that CA only.
     pub ca_sha256: Option<String>,
+    /// For a plain `mqtt://` uplink through a third-party broker (Mosquitto): a file whose
+    /// first line is this node's password there; the user name is the node id. The
+    /// embedded broker (`mqtts://`) uses the node's certificate instead.
+    pub uplink_password_file: Option<PathBuf>,
     /// Address of the embedded broker local devices publish to.
     pub local_mqtt_listen: SocketAddr,
     /// Address of the HTTP server with `/metrics`, `/healthz` and `/readyz`.
@@ -90,6 +94,7 @@ impl Config {
             node_id,
             data_dir,
             control_plane,
+            uplink_password_file,
             local_mqtt_listen,
             http_listen,
             labels,
@@ -144,6 +149,7 @@ impl Default for Config {
             control_plane: "mqtts://127.0.0.1:8883".into(),
             enroll_token: None,
             ca_sha256: None,
+            uplink_password_file: None,
             local_mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             labels: BTreeMap::new(),
@@ -190,6 +196,21 @@ impl Config {
         parse_mqtt_url(&self.control_plane)
     }
 
+    /// The uplink login (node id, password) for a third-party broker, read from
+    /// `uplink_password_file`.
+    pub fn uplink_credentials(&self) -> anyhow::Result<Option<(String, String)>> {
+        let Some(path) = &self.uplink_password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read uplink_password_file {}", path.display()))?;
+        let password = text.lines().next().unwrap_or_default().to_string();
+        if password.is_empty() {
+            bail!("uplink_password_file {} is empty", path.display());
+        }
+        Ok(Some((self.node_id.clone(), password)))
+    }
+
     /// Whether the uplink uses TLS (`mqtts://`).
     pub fn uplink_tls(&self) -> bool {
         self.control_plane.starts_with("mqtts://")
@@ -203,6 +224,12 @@ impl Config {
             && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             bail!("ca_sha256 must be 64 hex digits (the SHA-256 of the control plane's CA)");
+        }
+        if self.uplink_password_file.is_some() && self.uplink_tls() {
+            bail!(
+                "uplink_password_file is for a plain mqtt:// broker (Mosquitto); with mqtts:// \
+                 the node logs in with its certificate"
+            );
         }
         self.trusted_keys()?;
         self.devices.validate()?;

@@ -32,6 +32,10 @@ struct Cli {
     /// SHA-256 of the control plane's CA certificate (shown when a token is created).
     #[arg(long, env = "WEDGE_CA_SHA256")]
     ca_sha256: Option<String>,
+    /// For a plain mqtt:// uplink through Mosquitto: file with this node's password there
+    /// (user name: the node id).
+    #[arg(long, env = "WEDGE_UPLINK_PASSWORD_FILE")]
+    uplink_password_file: Option<PathBuf>,
     /// Address of the local broker devices publish to [default: 0.0.0.0:1883].
     #[arg(long, env = "WEDGE_LOCAL_MQTT_LISTEN")]
     local_mqtt_listen: Option<SocketAddr>,
@@ -98,6 +102,12 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = &cli.ca_sha256 {
         config.ca_sha256 = Some(v.clone());
+    }
+    // An empty value (compose's `${WEDGE_UPLINK_PASSWORD_FILE:-}`) means none.
+    if let Some(v) = &cli.uplink_password_file
+        && !v.as_os_str().is_empty()
+    {
+        config.uplink_password_file = Some(v.clone());
     }
     if let Some(v) = cli.local_mqtt_listen {
         config.local_mqtt_listen = v;

@@ -35,30 +35,58 @@ impl Mosquitto {
     /// Its password.
     pub const CONTROL_PASSWORD: &'static str = "wedge-test-control";
 
-    /// Starts one on a free loopback port with the topic rules of `deploy/mosquitto/acl`
-    /// and [`Self::CONTROL_USER`] in its password file; returns once it accepts connections.
+    /// Starts one with [`Self::CONTROL_USER`] only; see [`Self::start_with_nodes`].
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_nodes(&[])
+    }
+
+    /// Starts one on a free loopback port with the settings of
+    /// `deploy/mosquitto/mosquitto.conf` (all but where it listens and keeps its files), the
+    /// topic rules of `deploy/mosquitto/acl`, and [`Self::CONTROL_USER`] and `nodes` (node
+    /// id, password) in its password file; returns once it accepts connections.
+    pub fn start_with_nodes(nodes: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/acl");
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
         let passwords = dir.path().join("passwords");
-        let made = Command::new(
-            program("mosquitto_passwd").ok_or_else(|| anyhow::anyhow!("no mosquitto_passwd"))?,
-        )
-        .args(["-c", "-b"])
-        .arg(&passwords)
-        .args([Self::CONTROL_USER, Self::CONTROL_PASSWORD])
-        .status()?;
-        anyhow::ensure!(made.success(), "mosquitto_passwd: {made}");
+        let passwd =
+            program("mosquitto_passwd").ok_or_else(|| anyhow::anyhow!("no mosquitto_passwd"))?;
+        let logins = std::iter::once((Self::CONTROL_USER, Self::CONTROL_PASSWORD));
+        for (i, (user, password)) in logins.chain(nodes.iter().copied()).enumerate() {
+            let mut cmd = Command::new(&passwd);
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let made = cmd
+                .arg("-b")
+                .arg(&passwords)
+                .args([user, password])
+                .status()?;
+            anyhow::ensure!(made.success(), "mosquitto_passwd: {made}");
+        }
+        // The shipped settings, with this run's listener and files.
+        let local = [
+            "listener",
+            "password_file",
+            "acl_file",
+            "persistence",
+            "log_dest",
+        ];
+        let settings: String = std::fs::read_to_string(shipped.join("mosquitto.conf"))?
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter(|l| !local.iter().any(|k| l.starts_with(k)))
+            .map(|l| format!("{l}\n"))
+            .collect();
         let config = dir.path().join("mosquitto.conf");
         std::fs::write(
             &config,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npassword_file {}\nacl_file {}\n\
+                "listener {} 127.0.0.1\n{settings}password_file {}\nacl_file {}\n\
                  persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n",
                 addr.port(),
                 passwords.display(),
-                acl.display(),
+                shipped.join("acl").display(),
             ),
         )?;
         let program = program("mosquitto").ok_or_else(|| anyhow::anyhow!("no mosquitto"))?;

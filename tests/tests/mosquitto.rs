@@ -1,6 +1,8 @@
 //! A third-party broker: the control plane (`mqtt_broker`) and a node use Debian's
 //! Mosquitto as their uplink broker instead of the embedded one; `mosquitto_pub` and
-//! `mosquitto_sub` are the device and the actuator on the node's local broker.
+//! `mosquitto_sub` are the device and the actuator on the node's local broker. Every client
+//! logs in: a node with its node id and its own password, confined to its own topics and
+//! unable to take over another node's session.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -27,8 +29,13 @@ async fn control_plane_and_node_work_through_mosquitto() -> anyhow::Result<()> {
         eprintln!("skipped: mosquitto is not installed");
         return Ok(());
     }
-    let mut broker = Mosquitto::start()?;
+    const NODE_PASSWORD: &str = "mq-1-secret";
+    const OTHER_PASSWORD: &str = "mq-2-secret";
+    let mut broker =
+        Mosquitto::start_with_nodes(&[("mq-1", NODE_PASSWORD), ("mq-2", OTHER_PASSWORD)])?;
     let dir = tempfile::tempdir()?;
+    let node_password_file = dir.path().join("mq-1.password");
+    std::fs::write(&node_password_file, format!("{NODE_PASSWORD}\n"))?;
     let password_file = dir.path().join("broker-password");
     std::fs::write(&password_file, format!("{}\n", Mosquitto::CONTROL_PASSWORD))?;
     let cp = ControlPlane::start_with(
@@ -53,7 +60,10 @@ async fn control_plane_and_node_work_through_mosquitto() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let node = Node::start(&cp, "mq-1", &[]).await?;
+    let node = Node::start_configured(&cp, "mq-1", &[], "127.0.0.1:0".parse()?, |c| {
+        c.uplink_password_file = Some(node_password_file.clone())
+    })
+    .await?;
     cp.api.wait_status("mq-1", "online", DEADLINE).await?;
 
     cp.api.upload_module("threshold-alert", "1").await?;
@@ -74,6 +84,42 @@ async fn control_plane_and_node_work_through_mosquitto() -> anyhow::Result<()> {
     cp.api
         .wait_module_state("mq-1", "fwd", "running", DEADLINE)
         .await?;
+
+    // The adversary on the uplink broker. Without a login, or with a wrong password: refused.
+    let uplink_port = broker.addr.port().to_string();
+    let uplink_sub = |login: &[&str], client_id: &str, topic: &str, wait: &str| {
+        Command::new(program("mosquitto_sub").expect("available"))
+            .args(["-h", "127.0.0.1", "-p", &uplink_port, "-i", client_id])
+            .args(login)
+            .args(["-t", topic, "-C", "1", "-W", wait])
+            .stdin(Stdio::null())
+            .output()
+    };
+    let desired = "wedge/v1/nodes/mq-1/desired";
+    for login in [&[][..], &["-u", "mq-1", "-P", "guess"][..]] {
+        let out = uplink_sub(login, "intruder", desired, "10")?;
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("not authorised"), "{login:?} got in: {out:?}");
+        assert!(out.stdout.is_empty(), "{login:?} read {out:?}");
+    }
+    // The control plane may read mq-1's retained desired state: it is there at once…
+    let control_login = [
+        "-u",
+        Mosquitto::CONTROL_USER,
+        "-P",
+        Mosquitto::CONTROL_PASSWORD,
+    ];
+    let out = uplink_sub(&control_login, "wedge-check", desired, "10")?;
+    assert!(out.status.success() && !out.stdout.is_empty(), "{out:?}");
+    // …but another node, even claiming mq-1's client id, reads nothing of it (the ACL
+    // confines it to its own topics), and takes over nothing (its client id becomes its
+    // user name): mq-1 keeps working below.
+    let other = ["-u", "mq-2", "-P", OTHER_PASSWORD];
+    let out = uplink_sub(&other, "mq-1", desired, "3")?;
+    assert!(
+        out.stdout.is_empty(),
+        "mq-2 read mq-1's desired state: {out:?}"
+    );
 
     // The actuator: mosquitto_sub waits for one alert. `-d` prints the SUBACK, so the
     // readings are published only once it is subscribed.

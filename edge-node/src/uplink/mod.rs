@@ -120,6 +120,8 @@ pub struct Settings {
     pub tls: Option<identity::Tls>,
     /// Where a renewed certificate is saved.
     pub data_dir: std::path::PathBuf,
+    /// User name and password on a third-party broker (`uplink_password_file`).
+    pub credentials: Option<(String, String)>,
 }
 
 /// The session; [`Session::run`] drives it.
@@ -143,6 +145,9 @@ pub fn connect(settings: Settings) -> (UplinkClient, Session) {
     let mut opts = MqttOptions::new(&settings.node_id, &settings.host, settings.port);
     opts.set_keep_alive(settings.keep_alive);
     opts.set_clean_session(true);
+    if let Some((user, password)) = &settings.credentials {
+        opts.set_credentials(user, password);
+    }
     let limit = MAX_MESSAGE_SIZE + 4096;
     opts.set_max_packet_size(limit, limit);
     opts.set_last_will(LastWill::new(
