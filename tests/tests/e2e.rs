@@ -16,6 +16,7 @@ mod modules;
 mod mosquitto;
 mod restarts;
 mod rollout;
+mod schemathesis;
 mod signing;
 mod supersede;
 mod telemetry;

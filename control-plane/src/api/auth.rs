@@ -36,7 +36,7 @@ impl Guard {
     }
 }
 
-fn public(path: &str) -> bool {
+pub(crate) fn public(path: &str) -> bool {
     matches!(path, "/" | "/healthz" | "/readyz" | "/api/openapi.json")
         || path.starts_with("/dashboard/")
 }

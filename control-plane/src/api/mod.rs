@@ -108,7 +108,57 @@ fn routes(max_body: usize) -> OpenApiRouter<AppState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut api = routes(0).split_for_parts().1;
     api.info.version = env!("CARGO_PKG_VERSION").into();
+    describe_auth(&mut api);
     api
+}
+
+/// What the token check (`auth::check`) does, in every operation's description: public
+/// paths need no token (`security: []`); every other operation may answer 401 (no valid
+/// token) and 429 (over the token's rate), and a write 403 (a viewer's token). Done here
+/// once rather than on each handler, so no operation can forget it.
+fn describe_auth(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in api.paths.paths.iter_mut() {
+        let public = auth::public(path);
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.head, false),
+            (&mut item.post, true),
+            (&mut item.put, true),
+            (&mut item.patch, true),
+            (&mut item.delete, true),
+        ];
+        for (op, writes) in operations {
+            let Some(op) = op.as_mut() else { continue };
+            if public {
+                op.security = Some(Vec::new());
+                continue;
+            }
+            let responses = &mut op.responses.responses;
+            responses
+                .entry("401".into())
+                .or_insert_with(|| error("no token, or one unknown, revoked or expired").into());
+            responses
+                .entry("429".into())
+                .or_insert_with(|| error("over the token's rate; see Retry-After").into());
+            if writes {
+                responses
+                    .entry("403".into())
+                    .or_insert_with(|| error("a viewer's token cannot write").into());
+            }
+        }
+    }
 }
 
 /// This API's OpenAPI 3 description.
