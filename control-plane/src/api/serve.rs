@@ -61,33 +61,27 @@ pub async fn serve(
             },
         };
         let service = TowerToHyperService::new(app.clone());
-        let Some(acceptor) = acceptor.clone() else {
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
-                let _slot = slot;
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "API connection ended");
-                }
-            });
-            continue;
-        };
-        let (http, watcher) = (http.clone(), graceful.watcher());
+        // The watcher counts the connection from here on, handshake included, so shutdown
+        // waits for it as for any other.
+        let (http, watcher, acceptor) = (http.clone(), graceful.watcher(), acceptor.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let stream =
-                match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "API TLS handshake failed");
+            let served = match acceptor {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    let Some(stream) = handshake(&acceptor, stream).await else {
                         return;
-                    }
-                    Err(_) => {
-                        tracing::debug!("API TLS handshake timed out");
-                        return;
-                    }
-                };
-            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-            if let Err(e) = connection.await {
+                    };
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "API connection ended");
             }
         });
@@ -97,6 +91,25 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("API requests still running at shutdown were cut off");
+    }
+}
+
+/// The TLS handshake of one connection, within [`HEADER_READ_TIMEOUT`]; `None` (logged)
+/// when it fails or takes longer.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "API TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("API TLS handshake timed out");
+            None
+        }
     }
 }
 

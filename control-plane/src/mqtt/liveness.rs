@@ -48,33 +48,30 @@ impl Liveness {
 
 /// Held by a lane's handler for as long as it runs.
 pub struct Alive {
-    liveness: Arc<super::Counters>,
+    counters: Arc<super::Counters>,
     lane: usize,
 }
 
 impl Alive {
     pub fn new(counters: Arc<super::Counters>, lane: usize) -> Self {
         counters.liveness.alive[lane].store(true, Ordering::Relaxed);
-        Self {
-            liveness: counters,
-            lane,
-        }
+        Self { counters, lane }
     }
 
     /// The handler starts a message at `now_ms`.
     pub fn busy(&self, now_ms: u64) {
-        self.liveness.liveness.busy_since_ms[self.lane].store(now_ms.max(1), Ordering::Relaxed);
+        self.counters.liveness.busy_since_ms[self.lane].store(now_ms.max(1), Ordering::Relaxed);
     }
 
     /// The handler is done with its message.
     pub fn idle(&self) {
-        self.liveness.liveness.busy_since_ms[self.lane].store(0, Ordering::Relaxed);
+        self.counters.liveness.busy_since_ms[self.lane].store(0, Ordering::Relaxed);
     }
 }
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        self.liveness.liveness.alive[self.lane].store(false, Ordering::Relaxed);
+        self.counters.liveness.alive[self.lane].store(false, Ordering::Relaxed);
         self.idle();
     }
 }

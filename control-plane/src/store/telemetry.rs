@@ -126,13 +126,8 @@ fn after_node(node: &[u8]) -> Vec<u8> {
 /// [`MAX_EPOCHS_PER_NODE`]. Ingest for one node runs in one task at a time (its lane), so
 /// the count cannot race with another new epoch of the same node.
 fn make_room_for_an_epoch(marks: &sled::Tree, node: &str) -> Result<()> {
-    let start = {
-        let mut k = node.as_bytes().to_vec();
-        k.push(0);
-        k
-    };
     let mut kept: Vec<(u64, sled::IVec)> = Vec::new();
-    for item in marks.range(start..after_node(node.as_bytes())) {
+    for item in marks.range(node_key(node, 0)..after_node(node.as_bytes())) {
         let (k, v) = item?;
         kept.push((decode_mark(&v).1, k));
     }

@@ -14,17 +14,10 @@ use serde::Deserialize;
 
 pub const DEFAULT_API: &str = "http://127.0.0.1:8080";
 
+/// What one source says: the flags (with their environment variables), or the file. What
+/// a source leaves out (`None`) comes from the next one.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct File {
-    pub api: Option<String>,
-    pub token: Option<String>,
-    pub ca_sha256: Option<String>,
-    pub ca_file: Option<PathBuf>,
-}
-
-/// What the flags (or their environment variables) say; `None` falls back to the file.
-#[derive(Debug, Default)]
 pub struct Given {
     pub api: Option<String>,
     pub token: Option<String>,
@@ -54,7 +47,7 @@ pub fn file_path(named: Option<&Path>) -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-pub fn read(path: &Path) -> anyhow::Result<File> {
+pub fn read(path: &Path) -> anyhow::Result<Given> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
@@ -64,7 +57,7 @@ pub fn read(path: &Path) -> anyhow::Result<File> {
 pub fn resolve(given: Given, config: Option<&Path>) -> anyhow::Result<Settings> {
     let file = match file_path(config) {
         Some(p) => read(&p)?,
-        None => File::default(),
+        None => Given::default(),
     };
     let api = given
         .api
