@@ -35,7 +35,8 @@ impl std::fmt::Debug for Config {
 }
 
 pub use link::{LocalPublisher, LocalReceiver};
-pub use rumqttd::gate::{Admission, BoxFuture, Gate, Refusal, Session, Stream, Unrestricted};
+// The gate's traits are ours (`wedge-gate`); the patched rumqttd calls them.
+pub use wedge_gate::{Admission, BoxFuture, Gate, Refusal, Session, Stream, Unrestricted};
 
 /// Largest PUBLISH payload the broker accepts unless configured otherwise, bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 256 * 1024;
