@@ -28,6 +28,10 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
+/// An accepted connection: the stream MQTT is read from and the DER of the peer's
+/// certificate, if the transport has one.
+pub type Accepted = (Box<dyn Stream>, Option<Vec<u8>>);
+
 /// What a client presented.
 #[derive(Debug, Clone)]
 pub struct Admission {
@@ -55,7 +59,7 @@ pub trait Gate: Send + Sync + 'static {
     fn accept(
         &self,
         stream: tokio::net::TcpStream,
-    ) -> BoxFuture<std::io::Result<(Box<dyn Stream>, Option<Vec<u8>>)>>;
+    ) -> BoxFuture<std::io::Result<Accepted>>;
 
     /// Admits or refuses a CONNECT.
     fn admit(&self, admission: Admission) -> BoxFuture<Result<Arc<dyn Session>, Refusal>>;
