@@ -15,12 +15,13 @@ use wedge_broker::EmbeddedBroker;
 use wedge_shared::process::{Lifecycle, Service};
 
 use crate::api::{self, AppState};
+use crate::assignments::Plans;
 use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::identity::Identity;
-use crate::mqtt::{self, Counters};
+use crate::link::{self, Counters};
 use crate::reconcile::Reconciler;
-use crate::rollout::{Plans, Rollouts};
+use crate::rollout::Rollouts;
 use crate::store::Store;
 use crate::time::now_ms;
 
@@ -112,7 +113,7 @@ impl App {
             Some(identity) => Some(identity.service_client_config()?),
             None => None,
         };
-        let (publisher, session) = mqtt::connect(
+        let (outbox, session) = link::connect(
             (&connect_host, mqtt_addr.port()),
             // Reserved (no node or enrolling client can take it over) and unique per
             // process, so a restart or a second process never kicks this one off.
@@ -129,7 +130,7 @@ impl App {
         let reconciler = Arc::new(Reconciler::new(
             store.clone(),
             plans.clone(),
-            publisher.clone(),
+            outbox.clone(),
         ));
         let rollouts = Arc::new(
             Rollouts::load(store.clone(), fleet.clone(), reconciler.clone(), plans)
@@ -146,12 +147,12 @@ impl App {
         let shutdown = lifecycle.token();
         let tracker = lifecycle.tracker();
 
-        let ctx = mqtt::Context {
+        let ctx = link::Context {
             store: store.clone(),
             fleet: fleet.clone(),
             reconciler: reconciler.clone(),
             rollouts: rollouts.clone(),
-            publisher,
+            outbox,
             counters: counters.clone(),
             identity: identity.clone(),
         };

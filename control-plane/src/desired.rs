@@ -2,7 +2,7 @@
 
 use wedge_shared::messages::ModuleSpec;
 
-use crate::store::{DeploymentRecord, DesiredRecord};
+use crate::model::{DeploymentRecord, DesiredRecord};
 
 /// The module list made of these deployment revisions (each node's assigned ones),
 /// sorted by instance name so equal inputs give equal outputs.
@@ -46,7 +46,7 @@ pub fn next(current: Option<&DesiredRecord>, modules: Vec<ModuleSpec>) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ModuleRecord, Target};
+    use crate::model::{ModuleRecord, Target};
     use wedge_shared::Digest;
 
     fn deployment(name: &str, target: Target) -> DeploymentRecord {

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use wedge_shared::messages::{EventKind, Heartbeat, NodeEvent};
 
-use crate::store::{self, Liveness, NodeRecord, Store};
+use crate::model::{Liveness, NodeRecord};
+use crate::store::{self, Store};
 
 /// What a heartbeat changed, so the caller knows whether to recompute desired state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,8 @@
 //!   bake, automatic rollback, pause/resume/abort.
 //! - [`desired`]: a node's module list from its assigned revisions (pure).
 //! - [`reconcile`]: stores and publishes desired states, re-sends to nodes behind.
-//! - [`mqtt`]: the uplink session: status in, desired states and blob chunks out.
+//! - [`link`]: the node link: status, telemetry, events and requests in (session, lanes,
+//!   inbound handlers); [`outbox`]: desired states, acknowledgements and blob chunks out.
 //! - [`api`]: the HTTP API (axum), one file per resource.
 //!
 //! Flow: an operator uploads a module and posts a deployment → [`rollout`] assigns the
@@ -25,6 +26,7 @@
 
 pub mod api;
 pub mod app;
+pub mod assignments;
 pub mod auth;
 pub mod config;
 pub mod dashboard;
@@ -32,10 +34,13 @@ pub mod desired;
 pub mod files;
 pub mod fleet;
 pub mod identity;
+pub mod link;
 pub mod metrics;
-pub mod mqtt;
+pub mod model;
+pub mod outbox;
 pub mod reconcile;
 pub mod rollout;
+pub mod state;
 pub mod store;
 pub mod time;
 

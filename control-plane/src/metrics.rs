@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use wedge_shared::metrics::{self as shared, ProcessCollector};
 
 use crate::fleet::Fleet;
-use crate::mqtt::Counters;
+use crate::link::Counters;
 use crate::rollout::Rollouts;
 use crate::store::Store;
 
@@ -117,7 +117,7 @@ impl Collector for FleetCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut by_status = [("online", 0i64), ("degraded", 0), ("offline", 0)];
         self.fleet.for_each(|n| {
-            let status = crate::api::nodes::health(n);
+            let status = n.health();
             if let Some(slot) = by_status.iter_mut().find(|(s, _)| *s == status) {
                 slot.1 += 1;
             }

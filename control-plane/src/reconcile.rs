@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use wedge_shared::messages::DesiredState;
 
+use crate::assignments::Plans;
 use crate::desired;
-use crate::mqtt::Publisher;
-use crate::rollout::Plans;
-use crate::store::{self, DesiredRecord, Store};
+use crate::model::DesiredRecord;
+use crate::outbox::Outbox;
+use crate::store::{self, Store};
 
 /// Shortest time between two re-sends of a desired state to the same node.
 pub const RESEND_INTERVAL: Duration = Duration::from_secs(2);
@@ -34,7 +35,7 @@ pub enum Error {
 pub struct Reconciler {
     store: Store,
     plans: Arc<Plans>,
-    publisher: Publisher,
+    outbox: Outbox,
     /// Serialises recomputation so two changes never race on a node's generation.
     lock: tokio::sync::Mutex<()>,
     last_sent: Mutex<HashMap<String, Instant>>,
@@ -43,11 +44,11 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(store: Store, plans: Arc<Plans>, publisher: Publisher) -> Self {
+    pub fn new(store: Store, plans: Arc<Plans>, outbox: Outbox) -> Self {
         Self {
             store,
             plans,
-            publisher,
+            outbox,
             lock: tokio::sync::Mutex::new(()),
             last_sent: Mutex::new(HashMap::new()),
             generations: Mutex::new(HashMap::new()),
@@ -146,7 +147,7 @@ impl Reconciler {
             generation: record.generation,
             modules: record.modules.clone(),
         };
-        self.publisher
+        self.outbox
             .desired(id, &state)
             .await
             .map_err(|reason| Error::Publish {

@@ -51,6 +51,16 @@ pub struct Tunables {
     pub limits: ModuleLimits,
 }
 
+impl Tunables {
+    /// What a SIGHUP can change in a running node, from its configuration.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            heartbeat_interval: config.heartbeat_interval(),
+            limits: config.limits.clone(),
+        }
+    }
+}
+
 /// The reconciling agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -148,7 +158,7 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Ok(()) = tunables.changed() => {
-                    let t = tunables.borrow_and_update().tunables();
+                    let t = Tunables::of(&tunables.borrow_and_update());
                     if t.heartbeat_interval != self.identity.heartbeat_interval {
                         heartbeat = tokio::time::interval(t.heartbeat_interval);
                     }

@@ -66,14 +66,6 @@ impl wedge_shared::process::ServiceConfig for Config {
 }
 
 impl Config {
-    /// What a SIGHUP can change in a running node.
-    pub fn tunables(&self) -> crate::agent::Tunables {
-        crate::agent::Tunables {
-            heartbeat_interval: self.heartbeat_interval(),
-            limits: self.limits.clone(),
-        }
-    }
-
     /// What runs after a SIGHUP brings `new`: this configuration with the settings a reload
     /// applies at once taken from `new` (log level, heartbeat interval, module limits); every
     /// other setting is listed by [`Config::needs_restart`] and keeps its value.
@@ -286,8 +278,8 @@ mod tests {
         };
         new.limits.queue = 7;
         assert!(new.needs_restart(&old).is_empty(), "all reloadable");
-        assert_eq!(new.tunables().heartbeat_interval, Duration::from_secs(1));
-        assert_eq!(new.tunables().limits.queue, 7);
+        assert_eq!(new.heartbeat_interval(), Duration::from_secs(1));
+        assert_eq!(new.limits.queue, 7);
         new.local_mqtt_listen = "127.0.0.1:1".parse().unwrap();
         new.labels.insert("a".into(), "b".into());
         assert_eq!(new.needs_restart(&old), ["local_mqtt_listen", "labels"]);

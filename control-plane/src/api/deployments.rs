@@ -19,10 +19,10 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::Path;
 use super::modules::ModuleView;
 use crate::fleet::Fleet;
+use crate::model::{DeploymentRecord, Liveness, ModuleRecord, Target};
 use crate::rollout::Control;
 use crate::rollout::plan::{NodeState, Phase, Rollout};
 use crate::rollout::strategy::Strategy;
-use crate::store::{DeploymentRecord, Liveness, ModuleRecord, Target};
 use crate::time::{now_ms, rfc3339};
 
 pub fn routes() -> OpenApiRouter<AppState> {

@@ -14,8 +14,7 @@ use wedge_shared::Digest;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::nodes::health;
-use crate::mqtt::Counters;
+use crate::link::Counters;
 use crate::time::rfc3339;
 
 /// Problems listed, at most.
@@ -102,7 +101,7 @@ async fn summary(State(state): State<AppState>) -> Result<Json<FleetView>, ApiEr
     let mut module_states: HashMap<(String, Digest), BTreeMap<String, u64>> = HashMap::new();
     state.fleet.for_each(|n| {
         *counts.entry("total".into()).or_default() += 1;
-        let status = health(n);
+        let status = n.health();
         *counts.entry(status.into()).or_default() += 1;
         for m in &n.modules {
             *module_states

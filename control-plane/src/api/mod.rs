@@ -23,24 +23,7 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::fleet::Fleet;
-use crate::mqtt::Counters;
-use crate::rollout::Rollouts;
-use crate::store::Store;
-
-/// What every handler can reach. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub fleet: Arc<Fleet>,
-    pub rollouts: Arc<Rollouts>,
-    pub counters: Arc<Counters>,
-    pub max_module_size: usize,
-    /// Largest message on the broker (`mqtt_max_payload`): a node's desired state must fit.
-    pub max_desired_bytes: usize,
-    pub identity: Option<Arc<crate::identity::Identity>>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
+pub use crate::state::AppState;
 
 /// The description of the API: title, version, tags. Paths and schemas come from the
 /// handlers' `#[utoipa::path]` attributes through [`routes`].

@@ -14,7 +14,7 @@ use wedge_shared::topics::validate_id;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use crate::store::ModuleRecord;
+use crate::model::ModuleRecord;
 use crate::time::{now_ms, rfc3339};
 
 pub fn routes(max_body: usize) -> OpenApiRouter<AppState> {

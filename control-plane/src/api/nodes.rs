@@ -17,7 +17,8 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Path;
 use crate::fleet::{EventRecord, FleetEvent};
-use crate::store::{Liveness, NodeRecord, StoredTelemetry};
+use crate::model::{Liveness, NodeRecord};
+use crate::store::StoredTelemetry;
 use crate::time::rfc3339;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -265,21 +266,12 @@ pub struct ModuleStateView {
     pub stats: wedge_shared::messages::ModuleStats,
 }
 
-/// `online`, `degraded` or `offline`.
-pub fn health(n: &NodeRecord) -> &'static str {
-    match n.liveness {
-        Liveness::Offline => "offline",
-        Liveness::Online if n.problems.is_empty() => "online",
-        Liveness::Online => "degraded",
-    }
-}
-
 impl From<&NodeRecord> for NodeView {
     fn from(n: &NodeRecord) -> Self {
         Self {
             id: n.id.clone(),
-            status: health(n).into(),
-            reason: match health(n) {
+            status: n.health().into(),
+            reason: match n.health() {
                 "degraded" => Some(n.problems.join("; ")),
                 _ => n.reason.clone(),
             },

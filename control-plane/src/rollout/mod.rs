@@ -8,24 +8,24 @@
 //!   their desired states. Steps run every [`STEP_INTERVAL`] and at once when a deployment
 //!   is posted or controlled, or a node joins or changes labels.
 //!
-//! [`Plans`] holds each deployment's rollout and the revisions it assigns; it is the one
-//! source of "which revision does node X run" and the reconciler only reads it.
+//! The rollouts live in [`Plans`] (`crate::assignments`), the one source of "which revision
+//! does node X run": this room changes them, the reconciler only reads them.
 
 pub mod plan;
-pub mod strategy;
+pub use crate::model::strategy;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wedge_shared::messages::ModuleSpec;
 
-use crate::desired;
+use crate::assignments::{self, Plan, Plans};
 use crate::fleet::Fleet;
+use crate::model::{DeploymentRecord, Liveness, Target};
 use crate::reconcile::{self, Reconciler};
-use crate::store::{self, DeploymentRecord, Liveness, Store, Target};
+use crate::store::{self, Store};
 use crate::time::now_ms;
 use plan::{NotActive, Observed, Report, Rollout};
 
@@ -46,96 +46,8 @@ pub enum Error {
     Unknown(String),
     #[error(transparent)]
     NotActive(#[from] NotActive),
-    #[error("revision {revision} of deployment {name} is missing from the store")]
-    MissingRevision { name: String, revision: u64 },
-}
-
-/// One deployment: its rollout and the revisions it assigns.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub rollout: Rollout,
-    /// Every revision the rollout refers to (its own, the stable one, those still assigned).
-    pub specs: BTreeMap<u64, DeploymentRecord>,
-    /// Changed since last saved.
-    unsaved: bool,
-    saved_at: Option<std::time::Instant>,
-}
-
-impl Plan {
-    fn new(rollout: Rollout) -> Self {
-        Self {
-            rollout,
-            specs: BTreeMap::new(),
-            unsaved: false,
-            saved_at: None,
-        }
-    }
-
-    /// The revision being rolled out.
-    pub fn current(&self) -> Option<&DeploymentRecord> {
-        self.specs.get(&self.rollout.revision)
-    }
-
-    fn referenced(&self) -> BTreeSet<u64> {
-        let r = &self.rollout;
-        let mut out: BTreeSet<u64> = r.assigned.values().copied().collect();
-        out.insert(r.revision);
-        out.extend(r.stable);
-        out.extend(r.nodes.values().filter_map(|p| p.prior));
-        out.extend(r.nodes.values().filter_map(|p| p.fallback));
-        out.extend(r.fallbacks.values().flatten().copied());
-        out
-    }
-
-    /// Loads referenced revisions that are missing and forgets unreferenced ones.
-    fn sync_specs(&mut self, name: &str, store: &Store) -> Result<(), Error> {
-        let wanted = self.referenced();
-        self.specs.retain(|r, _| wanted.contains(r));
-        for revision in wanted {
-            if let std::collections::btree_map::Entry::Vacant(slot) = self.specs.entry(revision) {
-                let record =
-                    store
-                        .revision(name, revision)?
-                        .ok_or_else(|| Error::MissingRevision {
-                            name: name.to_string(),
-                            revision,
-                        })?;
-                slot.insert(record);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Every deployment's plan, by name.
-#[derive(Debug, Default)]
-pub struct Plans {
-    inner: RwLock<BTreeMap<String, Plan>>,
-}
-
-impl Plans {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Plan>> {
-        // Poisoning only follows a panic elsewhere; the map is still consistent.
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Plan>> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The modules node `id` should run: each deployment's assigned revision.
-    pub fn modules_for(&self, id: &str) -> Vec<ModuleSpec> {
-        let plans = self.read();
-        let records = plans
-            .values()
-            .filter_map(|p| p.rollout.assigned.get(id).and_then(|rev| p.specs.get(rev)));
-        desired::modules_for(records)
-    }
-
-    /// `f` of one deployment's plan, without copying it.
-    pub fn with<T>(&self, name: &str, f: impl FnOnce(&Plan) -> T) -> Option<T> {
-        self.read().get(name).map(f)
-    }
+    #[error(transparent)]
+    Assignments(#[from] assignments::Error),
 }
 
 /// An operator's request on a rollout.

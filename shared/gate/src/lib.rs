@@ -56,10 +56,7 @@ pub enum Refusal {
 pub trait Gate: Send + Sync + 'static {
     /// Turns an accepted TCP connection into the stream MQTT is read from (e.g. after a TLS
     /// handshake) and the peer certificate's DER, if any.
-    fn accept(
-        &self,
-        stream: tokio::net::TcpStream,
-    ) -> BoxFuture<std::io::Result<Accepted>>;
+    fn accept(&self, stream: tokio::net::TcpStream) -> BoxFuture<std::io::Result<Accepted>>;
 
     /// Admits or refuses a CONNECT.
     fn admit(&self, admission: Admission) -> BoxFuture<Result<Arc<dyn Session>, Refusal>>;

@@ -79,7 +79,7 @@ impl Drop for Alive {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mqtt::Counters;
+    use crate::link::Counters;
 
     #[tokio::test]
     async fn a_handler_that_ends_or_hangs_makes_the_path_unready() {

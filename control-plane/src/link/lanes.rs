@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use wedge_shared::topics::NodeTopic;
 
-use super::Inbound;
+use super::inbound::Inbound;
 
 /// Messages waiting in one lane, all nodes together.
 const QUEUE: usize = 4096;
