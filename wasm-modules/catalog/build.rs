@@ -41,8 +41,8 @@ fn main() {
     // The guests' sources, their shared helpers, their interface and their locked deps.
     for path in [
         modules_dir.join("wit"),
-        modules_dir.join("guest-kit").join("src"),
-        modules_dir.join("guest-kit").join("Cargo.toml"),
+        modules_dir.join("sdk").join("src"),
+        modules_dir.join("sdk").join("Cargo.toml"),
         workspace.join("Cargo.lock"),
     ] {
         println!("cargo:rerun-if-changed={}", path.display());

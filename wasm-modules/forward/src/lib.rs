@@ -4,19 +4,9 @@
 //! `"forward"`, sample 1 (every message). With `sample` N, the 1st, (N+1)th, … message is
 //! emitted.
 
-// wit-bindgen's generated glue between the component ABI and Rust is unsafe by nature.
-#![allow(unsafe_code)]
-
-use std::cell::RefCell;
-
 use serde::Deserialize;
 
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "module",
-});
-
-use wedge::module::host;
+use wedge_sdk::{Module, host};
 
 /// The module's configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -44,7 +34,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(config_json: &str) -> Result<Self, String> {
-        let config: Config = wedge_guest_kit::config(config_json)?;
+        let config: Config = wedge_sdk::config(config_json)?;
         if config.sample == 0 {
             return Err("invalid config: sample must be at least 1".into());
         }
@@ -59,36 +49,20 @@ impl Sampler {
     }
 }
 
-thread_local! {
-    static SAMPLER: RefCell<Option<Sampler>> = const { RefCell::new(None) };
-}
-
-struct Forward;
-
-impl Guest for Forward {
-    fn init(config: String) -> Result<(), String> {
-        let sampler = Sampler::new(&config)?;
-        SAMPLER.with(|s| *s.borrow_mut() = Some(sampler));
-        Ok(())
+impl Module for Sampler {
+    fn init(config: &str) -> Result<Self, String> {
+        Sampler::new(config)
     }
 
-    fn on_message(_topic: String, payload: Vec<u8>) -> Result<(), String> {
-        SAMPLER.with(|s| {
-            let mut guard = s.borrow_mut();
-            let sampler = guard.as_mut().ok_or("not initialised")?;
-            if sampler.take() {
-                host::emit(&sampler.config.stream, &payload)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn on_tick(_now_ms: u64) -> Result<(), String> {
+    fn on_message(&mut self, _topic: &str, payload: &[u8]) -> Result<(), String> {
+        if self.take() {
+            host::emit(&self.config.stream, payload)?;
+        }
         Ok(())
     }
 }
 
-export!(Forward);
+wedge_sdk::module!(Sampler);
 
 #[cfg(test)]
 mod tests {

@@ -3,47 +3,25 @@
 //! With config `{"payload_bytes": N}` each payload is N bytes (the node refuses payloads
 //! over its local broker's limit).
 
-// wit-bindgen's generated glue between the component ABI and Rust is unsafe by nature.
-#![allow(unsafe_code)]
+use wedge_sdk::{Module, host};
 
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "module",
-});
+struct Flood {
+    payload: Vec<u8>,
+}
 
-use wedge::module::host;
-
-struct Flood;
-
-static PAYLOAD_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(256);
-
-impl Guest for Flood {
-    fn init(config: String) -> Result<(), String> {
-        if let Some(n) = config
-            .split_once("\"payload_bytes\":")
-            .and_then(|(_, rest)| {
-                rest.trim_start()
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-        {
-            PAYLOAD_BYTES.store(n, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(())
+impl Module for Flood {
+    fn init(config: &str) -> Result<Self, String> {
+        let bytes = wedge_sdk::config_number(config, "payload_bytes").unwrap_or(256);
+        Ok(Self {
+            payload: vec![0x55; usize::try_from(bytes).map_err(|e| e.to_string())?],
+        })
     }
 
-    fn on_message(_topic: String, _payload: Vec<u8>) -> Result<(), String> {
-        let payload = vec![0x55u8; PAYLOAD_BYTES.load(std::sync::atomic::Ordering::Relaxed)];
+    fn on_message(&mut self, _topic: &str, _payload: &[u8]) -> Result<(), String> {
         loop {
-            let _ = host::publish("flood/spam", &payload);
+            let _ = host::publish("flood/spam", &self.payload);
         }
-    }
-
-    fn on_tick(_now_ms: u64) -> Result<(), String> {
-        Ok(())
     }
 }
 
-export!(Flood);
+wedge_sdk::module!(Flood);

@@ -1,30 +1,20 @@
 //! Hostile fixture: never returns from `on-message`. The node's call deadline must stop it.
 
-// wit-bindgen's generated glue between the component ABI and Rust is unsafe by nature.
-#![allow(unsafe_code)]
-
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "module",
-});
+use wedge_sdk::Module;
 
 struct Loop;
 
-impl Guest for Loop {
-    fn init(_config: String) -> Result<(), String> {
-        Ok(())
+impl Module for Loop {
+    fn init(_config: &str) -> Result<Self, String> {
+        Ok(Loop)
     }
 
-    fn on_message(_topic: String, _payload: Vec<u8>) -> Result<(), String> {
+    fn on_message(&mut self, _topic: &str, _payload: &[u8]) -> Result<(), String> {
         let mut n: u64 = 0;
         loop {
             n = std::hint::black_box(n.wrapping_add(1));
         }
     }
-
-    fn on_tick(_now_ms: u64) -> Result<(), String> {
-        Ok(())
-    }
 }
 
-export!(Loop);
+wedge_sdk::module!(Loop);

@@ -3,38 +3,21 @@
 //! message: each is an entry in the host's resource table, host memory outside the module's
 //! own limit, so the node must bound the table too.
 
-// wit-bindgen's generated glue between the component ABI and Rust is unsafe by nature.
-#![allow(unsafe_code)]
+use wedge_sdk::Module;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+struct Hog {
+    handles: u64,
+}
 
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "module",
-});
-
-struct Hog;
-
-static HANDLES: AtomicUsize = AtomicUsize::new(0);
-
-impl Guest for Hog {
-    fn init(config: String) -> Result<(), String> {
-        if let Some(n) = config.split_once("\"handles\":").and_then(|(_, rest)| {
-            rest.trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        }) {
-            HANDLES.store(n, Ordering::Relaxed);
-        }
-        Ok(())
+impl Module for Hog {
+    fn init(config: &str) -> Result<Self, String> {
+        let handles = wedge_sdk::config_number(config, "handles").unwrap_or(0);
+        Ok(Self { handles })
     }
 
-    fn on_message(_topic: String, _payload: Vec<u8>) -> Result<(), String> {
-        let handles = HANDLES.load(Ordering::Relaxed);
-        if handles > 0 {
-            for _ in 0..handles {
+    fn on_message(&mut self, _topic: &str, _payload: &[u8]) -> Result<(), String> {
+        if self.handles > 0 {
+            for _ in 0..self.handles {
                 std::mem::forget(wasip2::cli::stdout::get_stdout());
             }
             return Ok(());
@@ -45,10 +28,6 @@ impl Guest for Hog {
             std::hint::black_box(&hoard);
         }
     }
-
-    fn on_tick(_now_ms: u64) -> Result<(), String> {
-        Ok(())
-    }
 }
 
-export!(Hog);
+wedge_sdk::module!(Hog);

@@ -1,27 +1,17 @@
 //! Hostile fixture: starts fine, traps on every message.
 
-// wit-bindgen's generated glue between the component ABI and Rust is unsafe by nature.
-#![allow(unsafe_code)]
-
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "module",
-});
+use wedge_sdk::Module;
 
 struct TrapMessage;
 
-impl Guest for TrapMessage {
-    fn init(_config: String) -> Result<(), String> {
-        Ok(())
+impl Module for TrapMessage {
+    fn init(_config: &str) -> Result<Self, String> {
+        Ok(TrapMessage)
     }
 
-    fn on_message(topic: String, _payload: Vec<u8>) -> Result<(), String> {
+    fn on_message(&mut self, topic: &str, _payload: &[u8]) -> Result<(), String> {
         panic!("hostile-trap-message traps on {topic}")
-    }
-
-    fn on_tick(_now_ms: u64) -> Result<(), String> {
-        Ok(())
     }
 }
 
-export!(TrapMessage);
+wedge_sdk::module!(TrapMessage);

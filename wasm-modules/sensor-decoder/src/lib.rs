@@ -15,19 +15,9 @@
 //! `<output_prefix>/<sensor id>/<kind>`. Malformed frames are refused with an error (counted by
 //! the node), never fatal.
 
-// wit-bindgen's generated glue between the component ABI and Rust is unsafe by nature.
-#![allow(unsafe_code)]
-
-use std::cell::RefCell;
-
 use serde::Deserialize;
 
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "module",
-});
-
-use wedge::module::host;
+use wedge_sdk::{Module, host};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -89,37 +79,30 @@ pub fn render(prefix: &str, r: &Reading) -> (String, Vec<u8>) {
     (topic, body.to_string().into_bytes())
 }
 
-thread_local! {
-    static CONFIG: RefCell<Option<Config>> = const { RefCell::new(None) };
+/// The module: where decoded readings go.
+pub struct Decoder {
+    output_prefix: String,
 }
 
-struct Decoder;
-
-impl Guest for Decoder {
-    fn init(config: String) -> Result<(), String> {
-        let config: Config = wedge_guest_kit::config(&config)?;
+impl Module for Decoder {
+    fn init(config: &str) -> Result<Self, String> {
+        let config: Config = wedge_sdk::config(config)?;
         if config.output_prefix.is_empty() || config.output_prefix.contains(['+', '#']) {
             return Err("invalid config: output_prefix must be a topic without wildcards".into());
         }
-        CONFIG.with(|c| *c.borrow_mut() = Some(config));
-        Ok(())
+        Ok(Self {
+            output_prefix: config.output_prefix,
+        })
     }
 
-    fn on_message(topic: String, payload: Vec<u8>) -> Result<(), String> {
-        let prefix = CONFIG
-            .with(|c| c.borrow().as_ref().map(|c| c.output_prefix.clone()))
-            .ok_or("not initialised")?;
-        let reading = decode(&payload).map_err(|e| format!("{topic}: {e}"))?;
-        let (out, body) = render(&prefix, &reading);
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<(), String> {
+        let reading = decode(payload).map_err(|e| format!("{topic}: {e}"))?;
+        let (out, body) = render(&self.output_prefix, &reading);
         host::publish(&out, &body)
-    }
-
-    fn on_tick(_now_ms: u64) -> Result<(), String> {
-        Ok(())
     }
 }
 
-export!(Decoder);
+wedge_sdk::module!(Decoder);
 
 #[cfg(test)]
 mod tests {

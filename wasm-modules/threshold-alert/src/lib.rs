@@ -7,20 +7,9 @@
 //! `{"topic": <source topic>, "value": v, "threshold": t}` to `alert_topic`. Anything else is
 //! ignored and counted (the count is logged every 100 ignored messages); it is never fatal.
 
-// wit-bindgen's generated glue between the component ABI and Rust is unsafe by nature.
-#![allow(unsafe_code)]
-
-use std::cell::RefCell;
-
 use serde::Deserialize;
-use wedge_guest_kit::reading;
 
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "module",
-});
-
-use wedge::module::host::{self, Level};
+use wedge_sdk::{Level, Module, host};
 
 /// The configuration a deployment passes to `init`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -72,7 +61,7 @@ impl Detector {
     }
 
     pub fn handle(&mut self, topic: &str, payload: &[u8]) -> Outcome {
-        let Some(value) = reading(payload) else {
+        let Some(value) = wedge_sdk::reading(payload) else {
             self.ignored += 1;
             return Outcome::Ignored;
         };
@@ -89,56 +78,38 @@ impl Detector {
     }
 }
 
-thread_local! {
-    static DETECTOR: RefCell<Option<Detector>> = const { RefCell::new(None) };
-}
-
-struct ThresholdAlert;
-
-impl Guest for ThresholdAlert {
-    fn init(config: String) -> Result<(), String> {
-        let detector = Detector::new(&config)?;
+impl Module for Detector {
+    fn init(config: &str) -> Result<Self, String> {
+        let detector = Detector::new(config)?;
+        let (threshold, topic) = (detector.config.threshold, detector.alert_topic());
         host::log(
             Level::Info,
-            &format!(
-                "threshold-alert ready: alerts above {} go to {}",
-                detector.config.threshold,
-                detector.alert_topic()
-            ),
+            &format!("threshold-alert ready: alerts above {threshold} go to {topic}"),
         );
-        DETECTOR.with(|d| *d.borrow_mut() = Some(detector));
-        Ok(())
+        Ok(detector)
     }
 
-    fn on_message(topic: String, payload: Vec<u8>) -> Result<(), String> {
-        DETECTOR.with(|d| {
-            let mut guard = d.borrow_mut();
-            let detector = guard.as_mut().ok_or("not initialised")?;
-            match detector.handle(&topic, &payload) {
-                Outcome::Alert(alert) => host::publish(detector.alert_topic(), &alert),
-                Outcome::Normal => Ok(()),
-                Outcome::Ignored => {
-                    if detector.ignored() % 100 == 1 {
-                        host::log(
-                            Level::Warn,
-                            &format!(
-                                "ignored a payload on {topic} that is not a reading ({} so far)",
-                                detector.ignored()
-                            ),
-                        );
-                    }
-                    Ok(())
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<(), String> {
+        match self.handle(topic, payload) {
+            Outcome::Alert(alert) => host::publish(self.alert_topic(), &alert),
+            Outcome::Normal => Ok(()),
+            Outcome::Ignored => {
+                if self.ignored() % 100 == 1 {
+                    let count = self.ignored();
+                    host::log(
+                        Level::Warn,
+                        &format!(
+                            "ignored a payload on {topic} that is not a reading ({count} so far)"
+                        ),
+                    );
                 }
+                Ok(())
             }
-        })
-    }
-
-    fn on_tick(_now_ms: u64) -> Result<(), String> {
-        Ok(())
+        }
     }
 }
 
-export!(ThresholdAlert);
+wedge_sdk::module!(Detector);
 
 #[cfg(test)]
 mod tests {

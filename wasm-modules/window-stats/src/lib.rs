@@ -6,21 +6,11 @@
 //! number or an object with a numeric `"value"`; other payloads are ignored and counted.
 //! A record: `{"topic", "min", "max", "mean", "count", "window_end_ms"}`.
 
-// wit-bindgen's generated glue between the component ABI and Rust is unsafe by nature.
-#![allow(unsafe_code)]
-
-use std::cell::RefCell;
-
 use serde::Deserialize;
-use wedge_guest_kit::reading;
-
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "module",
-});
+use wedge_sdk::reading;
 
 use std::collections::BTreeMap;
-use wedge::module::host;
+use wedge_sdk::{Module, host};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -90,41 +80,35 @@ impl Window {
     }
 }
 
-thread_local! {
-    static STATE: RefCell<Option<(Config, Window)>> = const { RefCell::new(None) };
+/// The module: its configuration and the current window.
+pub struct WindowStats {
+    config: Config,
+    window: Window,
 }
 
-struct WindowStats;
+impl Module for WindowStats {
+    fn init(config: &str) -> Result<Self, String> {
+        let config: Config = wedge_sdk::config(config)?;
+        Ok(Self {
+            config,
+            window: Window::default(),
+        })
+    }
 
-impl Guest for WindowStats {
-    fn init(config: String) -> Result<(), String> {
-        let config: Config = wedge_guest_kit::config(&config)?;
-        STATE.with(|s| *s.borrow_mut() = Some((config, Window::default())));
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<(), String> {
+        self.window.add(topic, payload);
         Ok(())
     }
 
-    fn on_message(topic: String, payload: Vec<u8>) -> Result<(), String> {
-        STATE.with(|s| {
-            let mut guard = s.borrow_mut();
-            let (_, window) = guard.as_mut().ok_or("not initialised")?;
-            window.add(&topic, &payload);
-            Ok(())
-        })
-    }
-
-    fn on_tick(now_ms: u64) -> Result<(), String> {
-        STATE.with(|s| {
-            let mut guard = s.borrow_mut();
-            let (config, window) = guard.as_mut().ok_or("not initialised")?;
-            for record in window.close(now_ms) {
-                host::emit(&config.stream, &record)?;
-            }
-            Ok(())
-        })
+    fn on_tick(&mut self, now_ms: u64) -> Result<(), String> {
+        for record in self.window.close(now_ms) {
+            host::emit(&self.config.stream, &record)?;
+        }
+        Ok(())
     }
 }
 
-export!(WindowStats);
+wedge_sdk::module!(WindowStats);
 
 #[cfg(test)]
 mod tests {

@@ -8,20 +8,10 @@
 //! statistics (Welford's running mean and variance), kept per topic in the module's
 //! key-value store so they survive restarts and redeploys.
 
-// wit-bindgen's generated glue between the component ABI and Rust is unsafe by nature.
-#![allow(unsafe_code)]
-
-use std::cell::RefCell;
-
 use serde::Deserialize;
-use wedge_guest_kit::reading;
+use wedge_sdk::reading;
 
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "module",
-});
-
-use wedge::module::host;
+use wedge_sdk::{Module, host};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,44 +82,37 @@ pub fn parse_config(json: &str) -> Result<Config, String> {
     Ok(config)
 }
 
-thread_local! {
-    static CONFIG: RefCell<Option<Config>> = const { RefCell::new(None) };
+/// The module: its configuration (each topic's figures live in the key-value store, so they
+/// survive restarts).
+pub struct ZScore {
+    config: Config,
 }
 
-struct ZScore;
-
-impl Guest for ZScore {
-    fn init(config: String) -> Result<(), String> {
-        let config = parse_config(&config)?;
-        CONFIG.with(|c| *c.borrow_mut() = Some(config));
-        Ok(())
+impl Module for ZScore {
+    fn init(config: &str) -> Result<Self, String> {
+        Ok(Self {
+            config: parse_config(config)?,
+        })
     }
 
-    fn on_message(topic: String, payload: Vec<u8>) -> Result<(), String> {
-        let Some(v) = reading(&payload) else {
+    fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<(), String> {
+        let Some(v) = reading(payload) else {
             return Err(format!("not a reading on {topic}"));
         };
-        let config = CONFIG
-            .with(|c| c.borrow().clone())
-            .ok_or("not initialised")?;
         let key = format!("stats/{topic}");
         let mut stats: Running = host::kv_get(&key)
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        if let Some(anomaly) = check(&config, &topic, &stats, v) {
-            host::publish(&config.alert_topic, &anomaly)?;
+        if let Some(anomaly) = check(&self.config, topic, &stats, v) {
+            host::publish(&self.config.alert_topic, &anomaly)?;
         }
         stats.push(v);
         let bytes = serde_json::to_vec(&stats).map_err(|e| e.to_string())?;
         host::kv_set(&key, &bytes)
     }
-
-    fn on_tick(_now_ms: u64) -> Result<(), String> {
-        Ok(())
-    }
 }
 
-export!(ZScore);
+wedge_sdk::module!(ZScore);
 
 #[cfg(test)]
 mod tests {
