@@ -15,13 +15,13 @@ use wedge_broker::EmbeddedBroker;
 use wedge_shared::process::{Lifecycle, Service};
 
 use crate::api::{self, AppState};
-use crate::assignments::Plans;
+use crate::assignments::Assignments;
 use crate::config::Config;
 use crate::fleet::Fleet;
-use crate::identity::Identity;
+use crate::identity::NodeIdentities;
 use crate::link::{self, Counters};
 use crate::reconcile::Reconciler;
-use crate::rollout::Rollouts;
+use crate::rollout::RolloutEngine;
 use crate::store::Store;
 use crate::time::now_ms;
 
@@ -38,7 +38,7 @@ pub struct Running {
     mqtt_addr: SocketAddr,
     lifecycle: Lifecycle,
     store: Store,
-    identity: Option<Arc<Identity>>,
+    identity: Option<Arc<NodeIdentities>>,
 }
 
 impl App {
@@ -62,7 +62,7 @@ impl App {
             None
         } else if config.tls.enabled {
             let names = server_names(&config, config.mqtt_listen);
-            let identity = Identity::load(crate::identity::Settings {
+            let identity = NodeIdentities::load(crate::identity::Settings {
                 data_dir: config.data_dir.clone(),
                 broker_names: names,
                 node_cert_lifetime: Duration::from_secs(config.tls.node_cert_lifetime_secs),
@@ -126,14 +126,14 @@ impl App {
             tls,
             config.external_credentials()?,
         );
-        let plans = Arc::new(Plans::default());
+        let plans = Arc::new(Assignments::default());
         let reconciler = Arc::new(Reconciler::new(
             store.clone(),
             plans.clone(),
             outbox.clone(),
         ));
         let rollouts = Arc::new(
-            Rollouts::load(store.clone(), fleet.clone(), reconciler.clone(), plans)
+            RolloutEngine::load(store.clone(), fleet.clone(), reconciler.clone(), plans)
                 .context("cannot load the rollouts")?,
         );
         let counters = Arc::new(Counters::default());
@@ -163,7 +163,7 @@ impl App {
         tracker.spawn(retention(store.clone(), tunables_rx, shutdown.clone()));
 
         let tokens = if config.auth.enabled {
-            let tokens = crate::auth::Tokens::load(&config.data_dir)
+            let tokens = crate::auth::ApiTokens::load(&config.data_dir)
                 .context("cannot read the API tokens")?;
             if tokens.count() == 0 {
                 tracing::warn!(
@@ -295,7 +295,7 @@ impl Running {
     }
 
     /// Node identity (CA, enrollment tokens, revocations), when the broker speaks TLS.
-    pub fn identity(&self) -> Option<&Arc<Identity>> {
+    pub fn identity(&self) -> Option<&Arc<NodeIdentities>> {
         self.identity.as_ref()
     }
 

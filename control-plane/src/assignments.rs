@@ -23,7 +23,7 @@ pub enum Error {
 
 /// One deployment: its rollout and the revisions it assigns.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct DeploymentPlan {
     pub rollout: Rollout,
     /// Every revision the rollout refers to (its own, the stable one, those still assigned).
     pub specs: BTreeMap<u64, DeploymentRecord>,
@@ -32,7 +32,7 @@ pub struct Plan {
     pub(crate) saved_at: Option<std::time::Instant>,
 }
 
-impl Plan {
+impl DeploymentPlan {
     pub(crate) fn new(rollout: Rollout) -> Self {
         Self {
             rollout,
@@ -80,17 +80,19 @@ impl Plan {
 
 /// Every deployment's plan, by name.
 #[derive(Debug, Default)]
-pub struct Plans {
-    inner: RwLock<BTreeMap<String, Plan>>,
+pub struct Assignments {
+    inner: RwLock<BTreeMap<String, DeploymentPlan>>,
 }
 
-impl Plans {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Plan>> {
+impl Assignments {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, DeploymentPlan>> {
         // Poisoning only follows a panic elsewhere; the map is still consistent.
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Plan>> {
+    pub(crate) fn write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, DeploymentPlan>> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -104,7 +106,7 @@ impl Plans {
     }
 
     /// `f` of one deployment's plan, without copying it.
-    pub fn with<T>(&self, name: &str, f: impl FnOnce(&Plan) -> T) -> Option<T> {
+    pub fn with<T>(&self, name: &str, f: impl FnOnce(&DeploymentPlan) -> T) -> Option<T> {
         self.read().get(name).map(f)
     }
 }

@@ -164,14 +164,14 @@ pub fn revoke(data_dir: &Path, id: &str) -> anyhow::Result<bool> {
 
 /// The tokens a running control plane accepts, following the file.
 #[derive(Debug)]
-pub struct Tokens {
+pub struct ApiTokens {
     path: PathBuf,
     by_id: RwLock<HashMap<String, Entry>>,
     /// Modification time of the file as last read, and when it was last looked at.
     seen: Mutex<(Option<SystemTime>, Instant)>,
 }
 
-impl Tokens {
+impl ApiTokens {
     pub fn load(data_dir: &Path) -> anyhow::Result<Self> {
         let path = data_dir.join(FILE);
         let tokens = Self {
@@ -249,7 +249,7 @@ mod tests {
     fn created_tokens_verify_and_revoked_ones_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let (entry, token) = create(dir.path(), "alice", Role::Viewer).unwrap();
-        let tokens = Tokens::load(dir.path()).unwrap();
+        let tokens = ApiTokens::load(dir.path()).unwrap();
         assert_eq!(tokens.verify(&token).unwrap().name, "alice");
         assert_eq!(entry.role, Role::Viewer);
         // The file holds no secret. (The secret is base64url, which may itself contain `_`:
@@ -274,7 +274,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let day = std::time::Duration::from_secs(86_400);
         let (entry, token) = create_expiring(dir.path(), "ci", Role::Operator, Some(day)).unwrap();
-        let tokens = Tokens::load(dir.path()).unwrap();
+        let tokens = ApiTokens::load(dir.path()).unwrap();
         assert!(tokens.verify(&token).is_some(), "valid within its lifetime");
         let now = crate::time::now_ms();
         let at = entry.expires_at_ms.unwrap();

@@ -25,7 +25,7 @@ use wedge_shared::metrics::{self as shared, ProcessCollector};
 
 use crate::fleet::Fleet;
 use crate::link::Counters;
-use crate::rollout::Rollouts;
+use crate::rollout::RolloutEngine;
 use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -50,7 +50,7 @@ impl Metrics {
     pub fn new(
         fleet: Arc<Fleet>,
         store: Store,
-        rollouts: Arc<Rollouts>,
+        rollouts: Arc<RolloutEngine>,
         counters: Arc<Counters>,
     ) -> Self {
         let mut registry = Registry::default();
@@ -109,7 +109,7 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
 struct FleetCollector {
     fleet: Arc<Fleet>,
     store: Store,
-    rollouts: Arc<Rollouts>,
+    rollouts: Arc<RolloutEngine>,
     counters: Arc<Counters>,
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use wedge_shared::messages::DesiredState;
 
-use crate::assignments::Plans;
+use crate::assignments::Assignments;
 use crate::desired;
 use crate::model::DesiredRecord;
 use crate::outbox::Outbox;
@@ -34,7 +34,7 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Reconciler {
     store: Store,
-    plans: Arc<Plans>,
+    plans: Arc<Assignments>,
     outbox: Outbox,
     /// Serialises recomputation so two changes never race on a node's generation.
     lock: tokio::sync::Mutex<()>,
@@ -44,7 +44,7 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(store: Store, plans: Arc<Plans>, outbox: Outbox) -> Self {
+    pub fn new(store: Store, plans: Arc<Assignments>, outbox: Outbox) -> Self {
         Self {
             store,
             plans,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::fleet::Fleet;
 use crate::link::Counters;
-use crate::rollout::Rollouts;
+use crate::rollout::RolloutEngine;
 use crate::store::Store;
 
 /// What every handler can reach. Cheap to clone.
@@ -13,11 +13,11 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub fleet: Arc<Fleet>,
-    pub rollouts: Arc<Rollouts>,
+    pub rollouts: Arc<RolloutEngine>,
     pub counters: Arc<Counters>,
     pub max_module_size: usize,
     /// Largest message on the broker (`mqtt_max_payload`): a node's desired state must fit.
     pub max_desired_bytes: usize,
-    pub identity: Option<Arc<crate::identity::Identity>>,
+    pub identity: Option<Arc<crate::identity::NodeIdentities>>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }

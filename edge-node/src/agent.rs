@@ -31,7 +31,7 @@ use crate::uplink::{Inbound, UplinkClient};
 
 /// What the agent needs to know about its node.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub struct NodeProfile {
     pub node_id: String,
     pub labels: BTreeMap<String, String>,
     pub heartbeat_interval: Duration,
@@ -64,7 +64,7 @@ impl Tunables {
 /// The reconciling agent.
 #[derive(Debug)]
 pub struct Agent {
-    identity: Identity,
+    profile: NodeProfile,
     store: Store,
     buffer: Buffer,
     events: EventSink,
@@ -99,7 +99,7 @@ pub struct Wiring {
 }
 
 impl Agent {
-    pub fn new(identity: Identity, wiring: Wiring) -> Self {
+    pub fn new(profile: NodeProfile, wiring: Wiring) -> Self {
         let Wiring {
             store,
             buffer,
@@ -112,7 +112,7 @@ impl Agent {
             tunables,
         } = wiring;
         Self {
-            identity,
+            profile,
             store,
             buffer,
             events,
@@ -150,7 +150,7 @@ impl Agent {
 
     /// Runs until `shutdown`, then stops every module.
     pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
-        let mut heartbeat = tokio::time::interval(self.identity.heartbeat_interval);
+        let mut heartbeat = tokio::time::interval(self.profile.heartbeat_interval);
         let mut fetch_check = tokio::time::interval(Duration::from_secs(1));
         let changed = self.changed.clone();
         let mut tunables = self.tunables.clone();
@@ -159,11 +159,11 @@ impl Agent {
                 _ = shutdown.cancelled() => break,
                 Ok(()) = tunables.changed() => {
                     let t = Tunables::of(&tunables.borrow_and_update());
-                    if t.heartbeat_interval != self.identity.heartbeat_interval {
+                    if t.heartbeat_interval != self.profile.heartbeat_interval {
                         heartbeat = tokio::time::interval(t.heartbeat_interval);
                     }
-                    self.identity.heartbeat_interval = t.heartbeat_interval;
-                    self.identity.limits = t.limits;
+                    self.profile.heartbeat_interval = t.heartbeat_interval;
+                    self.profile.limits = t.limits;
                 }
                 msg = inbound.recv() => match msg {
                     Some(msg) => self.on_inbound(msg).await,
@@ -334,20 +334,20 @@ impl Agent {
         wedge_shared::signing::check(
             spec.signature.as_ref(),
             signed,
-            &self.identity.trusted_publishers,
+            &self.profile.trusted_publishers,
         )
         .map_err(|e| e.to_string())?;
         if let Some(sig) = &spec.signature
             && sig.covers == wedge_shared::signing::Covers::DigestOnly
-            && !self.identity.trusted_publishers.is_empty()
+            && !self.profile.trusted_publishers.is_empty()
         {
             tracing::warn!(module = %spec.name, "runs under a legacy digest-only signature: \
                 it does not bind the module's name and version; re-sign it (wedgectl modules push --sign-key)");
         }
-        if spec.size > self.identity.max_module_size {
+        if spec.size > self.profile.max_module_size {
             return Err(format!(
                 "module of {} bytes exceeds this node's limit of {}",
-                spec.size, self.identity.max_module_size
+                spec.size, self.profile.max_module_size
             ));
         }
         let blob = self.store.blob(&spec.digest).map_err(|e| e.to_string())?;
@@ -368,7 +368,7 @@ impl Agent {
             );
             return Ok(None);
         };
-        let defaults = &self.identity.limits;
+        let defaults = &self.profile.limits;
         let memory_bytes = spec.limits.memory_bytes.unwrap_or(defaults.memory_bytes);
         if memory_bytes < MIN_MEMORY_BYTES {
             return Err(format!(
@@ -381,7 +381,7 @@ impl Agent {
         let mut load = tokio::task::spawn_blocking(move || runtime.load(&digest, &blob));
         // Compiling can take many seconds on a small device; the node keeps reporting
         // meanwhile, or the control plane would take it for dead.
-        let mut heartbeat = tokio::time::interval(self.identity.heartbeat_interval);
+        let mut heartbeat = tokio::time::interval(self.profile.heartbeat_interval);
         heartbeat.tick().await; // the first tick is immediate
         let loaded = loop {
             tokio::select! {
@@ -492,16 +492,16 @@ impl Agent {
     fn report(&self) {
         let now_ms = wedge_shared::now_ms();
         let hb = Heartbeat {
-            node_id: self.identity.node_id.clone(),
+            node_id: self.profile.node_id.clone(),
             sent_at_ms: now_ms,
             arch: std::env::consts::ARCH.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            labels: self.identity.labels.clone(),
+            labels: self.profile.labels.clone(),
             desired_generation: self.desired.as_ref().map_or(0, |d| d.generation),
             applied_generation: self.applied_generation,
             modules: self.modules(),
             buffer: self.buffer.status(now_ms),
-            resources: crate::resources::sample(&self.identity.data_dir),
+            resources: crate::resources::sample(&self.profile.data_dir),
         };
         self.uplink.heartbeat(&hb);
     }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use wedge_broker::EmbeddedBroker;
 use wedge_shared::process::{Lifecycle, Service};
 
-use crate::agent::{Agent, Identity, Wiring};
+use crate::agent::{Agent, NodeProfile, Wiring};
 use crate::config::Config;
 use crate::events::{self, EventSink};
 use crate::router::{self, RouteTable};
@@ -114,7 +114,7 @@ impl App {
         ));
         let (tunables, tunables_rx) = tokio::sync::watch::channel(config.clone());
         let mut agent = Agent::new(
-            Identity {
+            NodeProfile {
                 node_id: config.node_id.clone(),
                 labels: config.labels.clone(),
                 heartbeat_interval: config.heartbeat_interval(),

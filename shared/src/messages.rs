@@ -219,7 +219,8 @@ pub struct NodeEvent {
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
-    /// A module wrote a log line (`level` is `trace`…`error`).
+    /// A module wrote a log line (`level` is `trace`…`error`). Sent by nodes of earlier
+    /// versions only: module logs are now the telemetry stream `$log`; still decoded.
     ModuleLog { level: String, message: String },
     /// A module instance initialised and runs.
     ModuleStarted,

@@ -56,6 +56,17 @@ impl Proc {
         })
     }
 
+    /// A shell command line run as written (`bash -c 'exec …'`: the program replaces the
+    /// shell, so signals reach it), with extra environment variables.
+    pub fn shell(line: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c").arg(format!("exec {line}"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd)
+    }
+
     /// `wedge-control` with its API and broker on the given loopback ports.
     pub fn control_plane(
         data_dir: &Path,

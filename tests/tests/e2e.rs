@@ -21,3 +21,4 @@ mod signing;
 mod supersede;
 mod telemetry;
 mod walking_skeleton;
+mod walkthrough;

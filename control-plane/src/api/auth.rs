@@ -15,18 +15,18 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::error::ApiError;
-use crate::auth::Tokens;
+use crate::auth::ApiTokens;
 
 /// The checks and their state.
 #[derive(Debug)]
 pub struct Guard {
-    tokens: Option<Tokens>,
+    tokens: Option<ApiTokens>,
     limiter: DefaultKeyedRateLimiter<String>,
 }
 
 impl Guard {
     /// `tokens: None` turns checking off (the demo, loudly).
-    pub fn new(tokens: Option<Tokens>, per_sec: u32, burst: u32) -> Self {
+    pub fn new(tokens: Option<ApiTokens>, per_sec: u32, burst: u32) -> Self {
         let per_sec = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(burst).unwrap_or(per_sec);
         Self {

@@ -14,7 +14,7 @@ use wedge_shared::topics::validate_id;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Path;
-use crate::identity::{EnrollToken, Identity};
+use crate::identity::{EnrollToken, NodeIdentities};
 use crate::time::{now_ms, rfc3339};
 
 pub fn token_routes() -> OpenApiRouter<AppState> {
@@ -30,7 +30,7 @@ pub fn node_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(replace))
 }
 
-fn identity(state: &AppState) -> Result<&Identity, ApiError> {
+fn identity(state: &AppState) -> Result<&NodeIdentities, ApiError> {
     state.identity.as_deref().ok_or_else(|| {
         ApiError::conflict(
             "the broker runs without TLS (tls.enabled = false): nodes have no identity",

@@ -142,7 +142,9 @@ async fn telemetry(
 pub struct EventView {
     /// When it happened (the node's clock for node-reported events).
     pub time: String,
-    /// `node_online`, `node_offline`, `module_started`, `module_failed` or `module_log`.
+    /// `node_online`, `node_offline`, `node_degraded`, `node_recovered`, `module_started`,
+    /// `module_failed`; `module_log` only from nodes of earlier versions (module logs are
+    /// now the telemetry stream `$log`).
     pub kind: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,

@@ -22,18 +22,18 @@ use std::time::{Duration, SystemTime};
 use wedge_broker::{Admission, BoxFuture, Gate, Refusal, Session, Stream, Unrestricted};
 use wedge_shared::topics::{self, NodeTopic};
 
-use super::{EnrollRefusal, Identity};
+use super::{EnrollRefusal, NodeIdentities};
 use crate::time::now_ms;
 
 /// How long an enrollment connection may stay.
 const ENROLL_SESSION: Duration = Duration::from_secs(60);
 
 pub struct NodeGate {
-    identity: Arc<Identity>,
+    identity: Arc<NodeIdentities>,
 }
 
 impl NodeGate {
-    pub fn new(identity: Arc<Identity>) -> Self {
+    pub fn new(identity: Arc<NodeIdentities>) -> Self {
         Self { identity }
     }
 }
@@ -56,7 +56,7 @@ impl Gate for NodeGate {
     }
 }
 
-fn admit(identity: &Arc<Identity>, a: Admission) -> Result<Arc<dyn Session>, Refusal> {
+fn admit(identity: &Arc<NodeIdentities>, a: Admission) -> Result<Arc<dyn Session>, Refusal> {
     let Some(der) = a.peer_certificate else {
         return admit_enrollment(identity, &a.client_id, a.password.as_deref(), a.will_topic);
     };
@@ -103,7 +103,7 @@ fn admit(identity: &Arc<Identity>, a: Admission) -> Result<Arc<dyn Session>, Ref
 }
 
 fn admit_enrollment(
-    identity: &Identity,
+    identity: &NodeIdentities,
     node: &str,
     password: Option<&str>,
     will: Option<String>,
@@ -132,7 +132,7 @@ pub struct NodeSession {
     node: String,
     issued_ms: u64,
     not_after: SystemTime,
-    identity: Arc<Identity>,
+    identity: Arc<NodeIdentities>,
     changes: tokio::sync::watch::Receiver<u64>,
 }
 

@@ -14,7 +14,7 @@
 //! - A node renews over its own authenticated session (`…/cert/req`) at 2/3 of the lifetime.
 //! - **Revocation** records "nothing issued to this node before now": every certificate it
 //!   holds is refused at its next connect, and a live connection is cut at once
-//!   ([`gate::NodeSession`] waits on [`Identity::changes`]). A revoked node cannot enroll
+//!   ([`gate::NodeSession`] waits on [`NodeIdentities::changes`]). A revoked node cannot enroll
 //!   again until an operator lifts the revocation.
 //! - **An id is enrolled once.** Enrolling under an id that holds a valid certificate is
 //!   refused (with a valid token, a stranger would otherwise take over a live node's id and
@@ -97,27 +97,27 @@ struct RevokedFile {
 }
 
 /// The control plane's side of node identity.
-pub struct Identity {
+pub struct NodeIdentities {
     ca: Ca,
     settings: Settings,
     server: Arc<rustls::ServerConfig>,
     service: Credential,
     service_fingerprint: String,
-    tokens: tokens::Tokens,
+    tokens: tokens::BootstrapTokens,
     revoked: RwLock<BTreeMap<String, Revocation>>,
     issued: RwLock<BTreeMap<String, Issued>>,
     changes: tokio::sync::watch::Sender<u64>,
 }
 
-impl std::fmt::Debug for Identity {
+impl std::fmt::Debug for NodeIdentities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
+        f.debug_struct("NodeIdentities")
             .field("ca", &self.ca)
             .finish_non_exhaustive()
     }
 }
 
-impl Identity {
+impl NodeIdentities {
     /// Loads (or creates) the CA, issues this run's broker and service certificates.
     pub fn load(settings: Settings) -> anyhow::Result<Arc<Self>> {
         let dir = &settings.data_dir;
@@ -131,7 +131,7 @@ impl Identity {
         let revoked = crate::files::read_toml::<RevokedFile>(&dir.join(REVOKED_FILE))?.nodes;
         let issued = crate::files::read_toml::<IssuedFile>(&dir.join(ISSUED_FILE))?.nodes;
         Ok(Arc::new(Self {
-            tokens: tokens::Tokens::load(dir)?,
+            tokens: tokens::BootstrapTokens::load(dir)?,
             ca,
             server,
             service,
@@ -162,7 +162,7 @@ impl Identity {
         Arc::new(gate::NodeGate::new(self.clone()))
     }
 
-    pub fn tokens(&self) -> &tokens::Tokens {
+    pub fn tokens(&self) -> &tokens::BootstrapTokens {
         &self.tokens
     }
 
@@ -369,8 +369,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn identity(dir: &std::path::Path) -> Arc<Identity> {
-        Identity::load(Settings {
+    fn identity(dir: &std::path::Path) -> Arc<NodeIdentities> {
+        NodeIdentities::load(Settings {
             data_dir: dir.to_path_buf(),
             broker_names: vec!["localhost".into()],
             node_cert_lifetime: Duration::from_secs(3600),

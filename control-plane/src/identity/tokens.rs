@@ -54,7 +54,7 @@ pub enum TokenError {
 
 /// The enrollment tokens of this control plane.
 #[derive(Debug)]
-pub struct Tokens {
+pub struct BootstrapTokens {
     path: PathBuf,
     tokens: Mutex<Vec<EnrollToken>>,
 }
@@ -69,7 +69,7 @@ fn parse(token: &str) -> Option<(&str, &str)> {
         .then_some((id, secret))
 }
 
-impl Tokens {
+impl BootstrapTokens {
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(FILE);
         let file: TokenFile = crate::files::read_toml(&path)?;
@@ -227,12 +227,12 @@ mod tests {
     #[test]
     fn tokens_are_limited_in_uses_and_time_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = Tokens::load(dir.path()).unwrap();
+        let tokens = BootstrapTokens::load(dir.path()).unwrap();
         let (entry, token) = tokens.create("line-3", 2, 1000, None, 10_000).unwrap();
         assert!(entry.sha256.is_empty(), "the hash is not shown");
         assert_eq!(tokens.check(&token, "n1", 10_001), Ok(()));
         tokens.consume(&token, "n1", 10_001).unwrap();
-        let again = Tokens::load(dir.path()).unwrap();
+        let again = BootstrapTokens::load(dir.path()).unwrap();
         assert_eq!(again.list()[0].uses_left, 1);
         assert_eq!(again.check(&token, "n1", 11_000), Err(TokenError::Expired));
         again.consume(&token, "n1", 10_002).unwrap();
@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn tokens_bound_to_a_pattern_enroll_only_matching_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = Tokens::load(dir.path()).unwrap();
+        let tokens = BootstrapTokens::load(dir.path()).unwrap();
         let (entry, token) = tokens
             .create("berlin", 5, 1000, Some("berlin-*"), 10_000)
             .unwrap();
@@ -266,7 +266,10 @@ mod tests {
             tokens.consume(&token, "paris-1", 10_001),
             Err(TokenError::NotForNode)
         );
-        assert_eq!(Tokens::load(dir.path()).unwrap().list()[0].uses_left, 5);
+        assert_eq!(
+            BootstrapTokens::load(dir.path()).unwrap().list()[0].uses_left,
+            5
+        );
     }
 
     #[test]

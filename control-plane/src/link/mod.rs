@@ -32,10 +32,10 @@ use rumqttc::{AsyncClient, MqttOptions};
 use crate::fleet::Fleet;
 use crate::outbox::Outbox;
 use crate::reconcile::Reconciler;
-use crate::rollout::Rollouts;
+use crate::rollout::RolloutEngine;
 use crate::store::Store;
 
-pub use session::Session;
+pub use session::LinkSession;
 
 /// Counters of the session.
 #[derive(Debug, Default)]
@@ -65,20 +65,20 @@ pub struct Context {
     pub store: Store,
     pub fleet: Arc<Fleet>,
     pub reconciler: Arc<Reconciler>,
-    pub rollouts: Arc<Rollouts>,
+    pub rollouts: Arc<RolloutEngine>,
     pub outbox: Outbox,
     pub counters: Arc<Counters>,
-    pub identity: Option<Arc<crate::identity::Identity>>,
+    pub identity: Option<Arc<crate::identity::NodeIdentities>>,
 }
 
-/// Creates the client; [`Session::run`] drives it.
+/// Creates the client; [`LinkSession::run`] drives it.
 pub fn connect(
     broker: (&str, u16),
     client_id: &str,
     max_payload: usize,
     tls: Option<Arc<rustls::ClientConfig>>,
     credentials: Option<(String, String)>,
-) -> (Outbox, Session) {
+) -> (Outbox, LinkSession) {
     let mut opts = MqttOptions::new(client_id, broker.0, broker.1);
     if let Some((user, password)) = credentials {
         opts.set_credentials(user, password);
@@ -97,5 +97,8 @@ pub fn connect(
     let mut net = eventloop.network_options();
     net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
-    (Outbox::new(client.clone()), Session { client, eventloop })
+    (
+        Outbox::new(client.clone()),
+        LinkSession { client, eventloop },
+    )
 }

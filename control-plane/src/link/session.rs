@@ -13,17 +13,17 @@ use super::inbound::{self, Inbound};
 use super::{Context, lanes};
 
 /// The running MQTT session.
-pub struct Session {
+pub struct LinkSession {
     pub(super) client: AsyncClient,
     pub(super) eventloop: EventLoop,
 }
-impl std::fmt::Debug for Session {
+impl std::fmt::Debug for LinkSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("mqtt::Session")
+        f.write_str("link::LinkSession")
     }
 }
 
-impl Session {
+impl LinkSession {
     /// Runs until `shutdown`, reconnecting with capped exponential backoff.
     pub async fn run(mut self, ctx: Context, shutdown: CancellationToken) {
         let (lanes, (control, bulk)) = lanes::Lanes::new();

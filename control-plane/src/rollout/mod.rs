@@ -2,13 +2,13 @@
 //!
 //! - [`strategy`]: canary size, batch size, bake time, failure ratio.
 //! - [`plan`]: one deployment's rollout as a pure state machine.
-//! - [`Rollouts`] (here): drives every deployment's rollout. A step observes the fleet
+//! - [`RolloutEngine`] (here): drives every deployment's rollout. A step observes the fleet
 //!   registry, advances each rollout, persists the ones that changed and hands the nodes
 //!   whose assigned revision changed to the [`Reconciler`], which recomputes and publishes
 //!   their desired states. Steps run every [`STEP_INTERVAL`] and at once when a deployment
 //!   is posted or controlled, or a node joins or changes labels.
 //!
-//! The rollouts live in [`Plans`] (`crate::assignments`), the one source of "which revision
+//! The rollouts live in [`Assignments`] (`crate::assignments`), the one source of "which revision
 //! does node X run": this room changes them, the reconciler only reads them.
 
 pub mod plan;
@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::assignments::{self, Plan, Plans};
+use crate::assignments::{self, Assignments, DeploymentPlan};
 use crate::fleet::Fleet;
 use crate::model::{DeploymentRecord, Liveness, Target};
 use crate::reconcile::{self, Reconciler};
@@ -60,11 +60,11 @@ pub enum Control {
 
 /// Drives the rollouts. Share it behind an `Arc`.
 #[derive(Debug)]
-pub struct Rollouts {
+pub struct RolloutEngine {
     store: Store,
     fleet: Arc<Fleet>,
     reconciler: Arc<Reconciler>,
-    plans: Arc<Plans>,
+    plans: Arc<Assignments>,
     wake: Notify,
     /// One step at a time: steps and operator requests never interleave.
     lock: tokio::sync::Mutex<()>,
@@ -79,14 +79,14 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Rollouts {
+impl RolloutEngine {
     /// Loads every deployment's rollout from the store. A deployment stored without one
     /// starts a default rollout of its latest revision.
     pub fn load(
         store: Store,
         fleet: Arc<Fleet>,
         reconciler: Arc<Reconciler>,
-        plans: Arc<Plans>,
+        plans: Arc<Assignments>,
     ) -> Result<Self, Error> {
         {
             let mut map = plans.write();
@@ -95,7 +95,7 @@ impl Rollouts {
                     Some(r) => r,
                     None => Rollout::first(d.revision, d.strategy.clone(), now_ms()),
                 };
-                let mut plan = Plan::new(rollout);
+                let mut plan = DeploymentPlan::new(rollout);
                 plan.sync_specs(&d.name, &store)?;
                 map.insert(d.name.clone(), plan);
             }
@@ -112,7 +112,7 @@ impl Rollouts {
         })
     }
 
-    pub fn plans(&self) -> &Arc<Plans> {
+    pub fn plans(&self) -> &Arc<Assignments> {
         &self.plans
     }
 
@@ -148,7 +148,7 @@ impl Rollouts {
                             .supersede(record.revision, record.strategy.clone(), now);
                     old
                 }
-                None => Plan::new(Rollout::first(
+                None => DeploymentPlan::new(Rollout::first(
                     record.revision,
                     record.strategy.clone(),
                     now,
@@ -232,7 +232,7 @@ impl Rollouts {
     }
 
     /// What the rollout of deployment `name` needs to know about each relevant node.
-    fn observe(&self, name: &str, plan: &Plan) -> BTreeMap<String, Observed> {
+    fn observe(&self, name: &str, plan: &DeploymentPlan) -> BTreeMap<String, Observed> {
         let mut out = BTreeMap::new();
         let Some(current) = plan.current() else {
             return out;

@@ -6,7 +6,7 @@
 //! asks for a certificate on `wedge/v1/enroll/{id}/req`. The key never leaves the node.
 //! Key and certificate are saved together in `node.credential` (0600), the CA in
 //! `uplink-ca.crt`; from then on the uplink presents the certificate and trusts that CA.
-//! Renewal is the session's job ([`super::Session`]).
+//! Renewal is the session's job ([`super::UplinkSession`]).
 
 use std::path::Path;
 use std::sync::Arc;

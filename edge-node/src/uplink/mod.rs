@@ -124,24 +124,24 @@ pub struct Settings {
     pub credentials: Option<(String, String)>,
 }
 
-/// The session; [`Session::run`] drives it.
-pub struct Session {
+/// The session; [`UplinkSession::run`] drives it.
+pub struct UplinkSession {
     settings: Settings,
     client: AsyncClient,
     eventloop: EventLoop,
     counters: Arc<Counters>,
 }
 
-impl std::fmt::Debug for Session {
+impl std::fmt::Debug for UplinkSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("uplink::Session")
+        f.debug_struct("UplinkSession")
             .field("node_id", &self.settings.node_id)
             .finish()
     }
 }
 
 /// Creates the client and its session (nothing connects until the session runs).
-pub fn connect(settings: Settings) -> (UplinkClient, Session) {
+pub fn connect(settings: Settings) -> (UplinkClient, UplinkSession) {
     let mut opts = MqttOptions::new(&settings.node_id, &settings.host, settings.port);
     opts.set_keep_alive(settings.keep_alive);
     opts.set_clean_session(true);
@@ -181,7 +181,7 @@ pub fn connect(settings: Settings) -> (UplinkClient, Session) {
             node_id: settings.node_id.clone(),
             counters: counters.clone(),
         },
-        Session {
+        UplinkSession {
             settings,
             client,
             eventloop,
@@ -200,7 +200,7 @@ fn jittered(base: Duration) -> Duration {
     base.mul_f64(0.75 + r * 0.5)
 }
 
-impl Session {
+impl UplinkSession {
     /// Runs until `shutdown`, then says goodbye (a retained graceful offline) and
     /// disconnects.
     pub async fn run(

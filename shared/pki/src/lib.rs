@@ -12,7 +12,7 @@
 //! - **Serial numbers carry the issue time** (`01 ‖ issued-at ms, 8 bytes ‖ 7 random bytes`):
 //!   revoking a node records "nothing issued to it before now", so every certificate it
 //!   holds is refused at once without a revocation list, and a node enrolled again later
-//!   gets a certificate that passes ([`Identity::issued_ms`]).
+//!   gets a certificate that passes ([`CertSubject::issued_ms`]).
 //! - **One crypto provider**: rustls with ring. aws-lc-rs would add a cmake build and a second
 //!   provider; ring is already in the tree and cross-compiles to musl.
 //!
@@ -293,7 +293,7 @@ pub fn new_key_and_csr(node_id: &str) -> Result<(String, String)> {
 
 /// What a certificate says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub struct CertSubject {
     /// The node id, for a node certificate.
     pub common_name: String,
     /// When the CA issued it, from the serial number (0 for a serial of another shape).
@@ -304,7 +304,7 @@ pub struct Identity {
     pub fingerprint: String,
 }
 
-impl Identity {
+impl CertSubject {
     /// A service certificate of the control plane rather than a node's.
     pub fn service(&self) -> Option<&str> {
         self.common_name.strip_prefix(SERVICE_PREFIX)
@@ -324,7 +324,7 @@ impl Identity {
 }
 
 /// Reads a certificate (DER).
-pub fn inspect(der: &[u8]) -> Result<Identity> {
+pub fn inspect(der: &[u8]) -> Result<CertSubject> {
     use x509_parser::prelude::{FromDer as _, X509Certificate};
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
@@ -347,7 +347,7 @@ pub fn inspect(der: &[u8]) -> Result<Identity> {
     let at = |t: x509_parser::time::ASN1Time| {
         UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
     };
-    Ok(Identity {
+    Ok(CertSubject {
         common_name,
         issued_ms,
         not_before: at(cert.validity().not_before),
@@ -357,7 +357,7 @@ pub fn inspect(der: &[u8]) -> Result<Identity> {
 }
 
 /// [`inspect`] for the first certificate of a PEM text.
-pub fn inspect_pem(pem: &str) -> Result<Identity> {
+pub fn inspect_pem(pem: &str) -> Result<CertSubject> {
     inspect(&first_cert(pem)?)
 }
 

@@ -124,10 +124,10 @@ macro_rules! module {
 
                 fn on_tick(now_ms: u64) -> ::std::result::Result<(), ::std::string::String> {
                     with(|m| $crate::Module::on_tick(m, now_ms))
-        }
+                }
             }
 
-            $crate::bindings::export!(WedgeModule with_types_in $crate::bindings);
+    $crate::bindings::export!(WedgeModule with_types_in $crate::bindings);
         };
     };
 }
@@ -194,5 +194,26 @@ mod tests {
         assert_eq!(config_number(r#"{"handles": 10}"#, "handles"), Some(10));
         assert_eq!(config_number(r#"{"handles": "x"}"#, "handles"), None);
         assert_eq!(config_number("", "handles"), None);
+    }
+
+    /// The complete module in `wasm-modules/README.md` is `examples/too_hot.rs`, which
+    /// `cargo test` compiles: the README's module builds as written.
+    #[test]
+    fn the_readme_module_is_this_example() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("## Writing a module in Rust")
+            .and_then(|at| {
+                readme[at..]
+                    .find("```rust\n")
+                    .map(|i| at + i + "```rust\n".len())
+            })
+            .expect("the README has the section and its code block");
+        let end = start + readme[start..].find("```\n").expect("the block ends");
+        let example = include_str!("../examples/too_hot.rs");
+        assert!(
+            example.starts_with(&readme[start..end]),
+            "wasm-modules/README.md and sdk/examples/too_hot.rs differ"
+        );
     }
 }
