@@ -7,8 +7,9 @@
 //! to guess.
 //!
 //! Tokens are created, listed and revoked with `wedge-control token …`, which edits the file;
-//! a running control plane notices the change within a second (it checks the file's
-//! modification time at most once a second), so neither needs a restart.
+//! a running control plane follows the file without a restart: a new token works on its
+//! first use (an unknown token makes it look at the file), a revocation within a second (it
+//! checks the file's modification time at most once a second otherwise).
 //!
 //! Roles: `viewer` may read (GET, HEAD); `operator` may also upload, deploy and steer
 //! rollouts.
@@ -202,13 +203,15 @@ impl ApiTokens {
         Ok(())
     }
 
-    /// Re-reads the file if it changed, at most once a second.
-    fn refresh(&self) {
+    /// Re-reads the file if it changed: at most once a second, or at once (`now`) when a
+    /// token was not found (one just created must work on its first use, as in a script;
+    /// an unknown token costs a `stat`, and a re-read only when the file really changed).
+    fn refresh(&self, now: bool) {
         let due = {
             let Ok(mut seen) = self.seen.lock() else {
                 return;
             };
-            if seen.1.elapsed() < std::time::Duration::from_secs(1) {
+            if !now && seen.1.elapsed() < std::time::Duration::from_secs(1) {
                 return;
             }
             seen.1 = Instant::now();
@@ -230,8 +233,12 @@ impl ApiTokens {
 
     /// The entry of a presented token, if it is valid.
     pub fn verify(&self, token: &str) -> Option<Entry> {
-        self.refresh();
+        self.refresh(false);
         let (id, secret) = parse(token)?;
+        let known = self.by_id.read().ok()?.contains_key(id);
+        if !known {
+            self.refresh(true);
+        }
         let by_id = self.by_id.read().ok()?;
         let entry = by_id.get(id)?;
         // Both sides are hashes of the same length; comparing them leaks nothing useful.
@@ -287,6 +294,16 @@ mod tests {
         tokens.reload().unwrap();
         assert!(tokens.verify(&token).is_none(), "refused once expired");
         assert!(create_expiring(dir.path(), "x", Role::Viewer, Some(Default::default())).is_err());
+    }
+
+    #[test]
+    fn a_token_created_while_running_works_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = ApiTokens::load(dir.path()).unwrap();
+        // Looked at the file just now: the once-a-second check would not look again.
+        assert!(tokens.verify("wdg_00000000_nothing").is_none());
+        let (_, token) = create(dir.path(), "script", Role::Operator).unwrap();
+        assert!(tokens.verify(&token).is_some());
     }
 
     #[test]

@@ -82,11 +82,8 @@ async fn the_running_the_binaries_walkthrough_works_as_written() -> anyhow::Resu
     let var_lib = tempfile::tempdir()?;
     let var_lib = var_lib.path().display().to_string();
     let local = |line: &str| -> anyhow::Result<String> {
-        replace(
-            &replace(line, "target/release/", &format!("{bin_dir}/"))?,
-            "/var/lib/",
-            &format!("{var_lib}/"),
-        )
+        Ok(replace(line, "target/release/", &format!("{bin_dir}/"))?
+            .replace("/var/lib/", &format!("{var_lib}/")))
     };
     let (api, mqtt) = (free_port()?, free_port()?);
     let env = vec![
