@@ -7,6 +7,15 @@
 //!
 //! A changed module is swapped by starting the new instance and pointing the route at it
 //! before the old one is stopped, so local messages keep flowing during a deploy.
+//!
+//! Diff and effects, like a Kubernetes controller: [`diff`] turns (desired, running) into
+//! actions, a pure function tested alone; the [`launcher`] starts an instance (checks,
+//! blob, compile, limits); [`status`] builds what the node reports. This file is the shell
+//! that receives desired states and blobs, performs the actions and reports.
+
+mod diff;
+mod launcher;
+mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,18 +25,17 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wedge_broker::LocalPublisher;
 use wedge_shared::Digest;
-use wedge_shared::messages::{
-    BlobReply, DesiredState, Heartbeat, ModuleSpec, ModuleState, ModuleStatus,
-};
+use wedge_shared::messages::{BlobReply, DesiredState, ModuleSpec, ModuleState, ModuleStatus};
 
 use crate::buffer::Buffer;
-use crate::config::{MIN_MEMORY_BYTES, ModuleLimits};
+use crate::config::ModuleLimits;
 use crate::events::EventSink;
 use crate::router::{Route, RouteTable};
-use crate::runtime::{HostContext, Instance, InstanceConfig, Runtime};
+use crate::runtime::{Instance, Runtime};
 use crate::store::Store;
 use crate::uplink::fetch::{Fetcher, Progress};
 use crate::uplink::{Inbound, UplinkClient};
+use launcher::{Launch, Launcher};
 
 /// What the agent needs to know about its node.
 #[derive(Debug, Clone)]
@@ -65,16 +73,10 @@ impl Tunables {
 #[derive(Debug)]
 pub struct Agent {
     profile: NodeProfile,
-    store: Store,
-    buffer: Buffer,
-    events: EventSink,
-    runtime: Runtime,
-    publisher: LocalPublisher,
+    launcher: Launcher,
     routes: RouteTable,
     uplink: UplinkClient,
-    metrics: Arc<crate::metrics::Metrics>,
     tunables: tokio::sync::watch::Receiver<crate::config::Config>,
-    changed: Arc<Notify>,
     instances: BTreeMap<String, (ModuleSpec, Instance)>,
     /// Modules that are wanted but not running an instance: fetching or unusable.
     waiting: BTreeMap<String, ModuleStatus>,
@@ -113,16 +115,18 @@ impl Agent {
         } = wiring;
         Self {
             profile,
-            store,
-            buffer,
-            events,
-            runtime,
-            publisher,
+            launcher: Launcher {
+                store,
+                buffer,
+                events,
+                runtime,
+                publisher,
+                metrics,
+                changed: Arc::new(Notify::new()),
+            },
             routes,
             uplink,
-            metrics,
             tunables,
-            changed: Arc::new(Notify::new()),
             instances: BTreeMap::new(),
             waiting: BTreeMap::new(),
             desired: None,
@@ -133,7 +137,7 @@ impl Agent {
 
     /// Runs the last desired state saved in the store, before any uplink exists.
     pub async fn boot(&mut self) {
-        match self.store.desired() {
+        match self.launcher.store.desired() {
             Ok(Some(state)) => {
                 tracing::info!(
                     generation = state.generation,
@@ -152,7 +156,7 @@ impl Agent {
     pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
         let mut heartbeat = tokio::time::interval(self.profile.heartbeat_interval);
         let mut fetch_check = tokio::time::interval(Duration::from_secs(1));
-        let changed = self.changed.clone();
+        let changed = self.launcher.changed.clone();
         let mut tunables = self.tunables.clone();
         loop {
             tokio::select! {
@@ -198,7 +202,7 @@ impl Agent {
                     }
                     Progress::Complete(digest, bytes) => {
                         tracing::info!(%digest, size = bytes.len(), "module blob fetched and verified");
-                        if let Err(e) = self.store.put_blob(&digest, &bytes) {
+                        if let Err(e) = self.launcher.store.put_blob(&digest, &bytes) {
                             tracing::error!(%digest, error = %e, "cannot store module blob");
                             self.mark_waiting_digest(
                                 &digest,
@@ -237,7 +241,7 @@ impl Agent {
             modules = state.modules.len(),
             "new desired state"
         );
-        if let Err(e) = self.store.put_desired(&state) {
+        if let Err(e) = self.launcher.store.put_desired(&state) {
             // Still act on it: running it now beats not running it; only a reboot
             // without the control plane would miss it.
             tracing::error!(error = %e, "cannot save the desired state");
@@ -247,10 +251,7 @@ impl Agent {
     }
 
     fn mark_waiting_digest(&mut self, digest: &Digest, state: ModuleState, error: Option<String>) {
-        for status in self.waiting.values_mut().filter(|s| s.digest == *digest) {
-            status.state = state;
-            status.last_error.clone_from(&error);
-        }
+        status::mark_digest(&mut self.waiting, digest, state, error);
         self.report();
     }
 
@@ -262,45 +263,22 @@ impl Agent {
         let wanted: Vec<Digest> = desired.modules.iter().map(|m| m.digest).collect();
         self.fetcher.retain(&wanted);
 
-        let mut next: BTreeMap<String, (ModuleSpec, Instance)> = BTreeMap::new();
+        let running = self
+            .instances
+            .iter()
+            .map(|(name, (spec, _))| (name.clone(), spec.clone()))
+            .collect();
+        let actions = diff::diff(&desired.modules, &running);
         let mut retired = Vec::new();
-        self.waiting.clear();
-        for spec in &desired.modules {
-            let current = self.instances.remove(&spec.name);
-            if let Some((running, inst)) = current {
-                if running == *spec {
-                    next.insert(spec.name.clone(), (running, inst));
-                    continue;
-                }
+        for name in &actions.retire {
+            if let Some((_, inst)) = self.instances.remove(name) {
                 retired.push(inst);
             }
-            match self.start(spec).await {
-                Ok(Some(inst)) => {
-                    next.insert(spec.name.clone(), (spec.clone(), inst));
-                }
-                Ok(None) => {} // fetching
-                Err(error) => {
-                    tracing::error!(module = spec.name, error, "module cannot start");
-                    self.waiting.insert(
-                        spec.name.clone(),
-                        ModuleStatus {
-                            name: spec.name.clone(),
-                            digest: spec.digest,
-                            state: ModuleState::Failed,
-                            last_error: Some(error),
-                            restarts: 0,
-                            stats: Default::default(),
-                        },
-                    );
-                }
-            }
         }
-        retired.extend(
-            std::mem::take(&mut self.instances)
-                .into_values()
-                .map(|(_, inst)| inst),
-        );
-        self.instances = next;
+        self.waiting.clear();
+        for spec in &actions.start {
+            self.start(spec).await;
+        }
         self.update_routes(&desired);
         self.stop(retired).await;
 
@@ -309,135 +287,48 @@ impl Agent {
             .values()
             .any(|s| s.state == ModuleState::Fetching)
         {
-            self.applied_generation = desired.generation;
-            if let Err(e) = self.store.retain_blobs(&wanted) {
-                tracing::warn!(error = %e, "cannot remove unused blobs");
-            }
-            self.runtime.retain_cached(&wanted);
-            let names: Vec<String> = desired.modules.iter().map(|m| m.name.clone()).collect();
-            if let Err(e) = self.store.retain_kv(&names) {
-                tracing::warn!(error = %e, "cannot remove the stores of removed modules");
-            }
+            self.applied(&desired, &wanted);
         }
         self.report();
     }
 
-    /// Starts an instance of `spec`, or starts fetching its blob (`Ok(None)`).
-    async fn start(&mut self, spec: &ModuleSpec) -> Result<Option<Instance>, String> {
-        // Before fetching: the signature covers the module's name, version and digest, which
-        // the desired state carries.
-        let signed = wedge_shared::signing::Signed {
-            name: &spec.module,
-            version: &spec.version,
-            digest: &spec.digest,
-        };
-        wedge_shared::signing::check(
-            spec.signature.as_ref(),
-            signed,
-            &self.profile.trusted_publishers,
-        )
-        .map_err(|e| e.to_string())?;
-        if let Some(sig) = &spec.signature
-            && sig.covers == wedge_shared::signing::Covers::DigestOnly
-            && !self.profile.trusted_publishers.is_empty()
-        {
-            tracing::warn!(module = %spec.name, "runs under a legacy digest-only signature: \
-                it does not bind the module's name and version; re-sign it (wedgectl modules push --sign-key)");
-        }
-        if spec.size > self.profile.max_module_size {
-            return Err(format!(
-                "module of {} bytes exceeds this node's limit of {}",
-                spec.size, self.profile.max_module_size
-            ));
-        }
-        let blob = self.store.blob(&spec.digest).map_err(|e| e.to_string())?;
-        let Some(blob) = blob else {
-            if let Some(req) = self.fetcher.want(spec.digest, spec.size, Instant::now()) {
-                self.uplink.blob_request(&req);
+    /// Starts `spec`: running, fetching its blob, or failed (reported with the error).
+    async fn start(&mut self, spec: &ModuleSpec) {
+        let launched = self
+            .launcher
+            .launch(&self.profile, spec, || self.report())
+            .await;
+        match launched {
+            Ok(Launch::Started(inst)) => {
+                self.instances
+                    .insert(spec.name.clone(), (spec.clone(), inst));
             }
-            self.waiting.insert(
-                spec.name.clone(),
-                ModuleStatus {
-                    name: spec.name.clone(),
-                    digest: spec.digest,
-                    state: ModuleState::Fetching,
-                    last_error: None,
-                    restarts: 0,
-                    stats: Default::default(),
-                },
-            );
-            return Ok(None);
-        };
-        let defaults = &self.profile.limits;
-        let memory_bytes = spec.limits.memory_bytes.unwrap_or(defaults.memory_bytes);
-        if memory_bytes < MIN_MEMORY_BYTES {
-            return Err(format!(
-                "memory limit of {memory_bytes} bytes is below the minimum of {MIN_MEMORY_BYTES}"
-            ));
-        }
-        let runtime = self.runtime.clone();
-        let digest = spec.digest;
-        let started = Instant::now();
-        let mut load = tokio::task::spawn_blocking(move || runtime.load(&digest, &blob));
-        // Compiling can take many seconds on a small device; the node keeps reporting
-        // meanwhile, or the control plane would take it for dead.
-        let mut heartbeat = tokio::time::interval(self.profile.heartbeat_interval);
-        heartbeat.tick().await; // the first tick is immediate
-        let loaded = loop {
-            tokio::select! {
-                loaded = &mut load => break loaded,
-                _ = heartbeat.tick() => self.report(),
+            Ok(Launch::NeedsBlob) => {
+                if let Some(req) = self.fetcher.want(spec.digest, spec.size, Instant::now()) {
+                    self.uplink.blob_request(&req);
+                }
+                let fetching = status::waiting(spec, ModuleState::Fetching, None);
+                self.waiting.insert(spec.name.clone(), fetching);
             }
-        };
-        let (compiled, source) = loaded
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        tracing::info!(module = spec.name, %digest, ?source, took = ?started.elapsed(), "module loaded");
-        let kv = self
-            .store
-            .kv(
-                &spec.name,
-                spec.limits.kv_bytes.unwrap_or(defaults.kv_bytes),
-            )
-            .map_err(|e| format!("cannot open the module's key-value store: {e}"))?;
-        let host = HostContext {
-            module: spec.name.as_str().into(),
-            publisher: self.publisher.clone(),
-            buffer: self.buffer.clone(),
-            kv,
-            publish_prefixes: spec.publish_prefixes.clone(),
-            publish_per_sec: spec
-                .limits
-                .publish_per_sec
-                .unwrap_or(defaults.publish_per_sec)
-                .max(1),
-            stats: Default::default(),
-            metrics: self.metrics.module(&spec.name),
-            events: self.events.clone(),
-        };
-        let config = InstanceConfig {
-            name: spec.name.clone(),
-            digest: spec.digest,
-            config: spec.config.clone(),
-            memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
-            call_timeout: Duration::from_millis(
-                spec.limits
-                    .call_timeout_ms
-                    .unwrap_or(defaults.call_timeout_ms)
-                    .max(10),
-            ),
-            queue: defaults.queue,
-            tick: spec.tick_ms.map(|ms| Duration::from_millis(ms.max(10))),
-        };
-        Instance::start(
-            self.runtime.clone(),
-            &compiled,
-            host,
-            config,
-            self.changed.clone(),
-        )
-        .map(Some)
-        .map_err(|e| format!("cannot start module thread: {e}"))
+            Err(error) => {
+                tracing::error!(module = spec.name, error, "module cannot start");
+                let failed = status::waiting(spec, ModuleState::Failed, Some(error));
+                self.waiting.insert(spec.name.clone(), failed);
+            }
+        }
+    }
+
+    /// The desired state is applied (nothing left to fetch): what it no longer uses goes.
+    fn applied(&mut self, desired: &DesiredState, wanted: &[Digest]) {
+        self.applied_generation = desired.generation;
+        if let Err(e) = self.launcher.store.retain_blobs(wanted) {
+            tracing::warn!(error = %e, "cannot remove unused blobs");
+        }
+        self.launcher.runtime.retain_cached(wanted);
+        let names: Vec<String> = desired.modules.iter().map(|m| m.name.clone()).collect();
+        if let Err(e) = self.launcher.store.retain_kv(&names) {
+            tracing::warn!(error = %e, "cannot remove the stores of removed modules");
+        }
     }
 
     fn update_routes(&self, desired: &DesiredState) {
@@ -479,30 +370,23 @@ impl Agent {
 
     /// Module statuses, sorted by name.
     pub fn modules(&self) -> Vec<ModuleStatus> {
-        let mut all: Vec<ModuleStatus> = self
-            .instances
-            .values()
-            .map(|(_, inst)| inst.status())
-            .chain(self.waiting.values().cloned())
-            .collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        status::modules(
+            self.instances.values().map(|(_, inst)| inst.status()),
+            &self.waiting,
+        )
     }
 
     fn report(&self) {
         let now_ms = wedge_shared::now_ms();
-        let hb = Heartbeat {
-            node_id: self.profile.node_id.clone(),
-            sent_at_ms: now_ms,
-            arch: std::env::consts::ARCH.to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            labels: self.profile.labels.clone(),
+        let report = status::Report {
+            now_ms,
             desired_generation: self.desired.as_ref().map_or(0, |d| d.generation),
             applied_generation: self.applied_generation,
             modules: self.modules(),
-            buffer: self.buffer.status(now_ms),
+            buffer: self.launcher.buffer.status(now_ms),
             resources: crate::resources::sample(&self.profile.data_dir),
         };
-        self.uplink.heartbeat(&hb);
+        self.uplink
+            .heartbeat(&status::heartbeat(&self.profile, report));
     }
 }

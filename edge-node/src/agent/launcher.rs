@@ -1,0 +1,180 @@
+//! Starting one module instance: checks (publisher signature, size, memory floor), the
+//! blob from the store, compile (off the async threads, the node reporting meanwhile), the
+//! module's key-value store, and the instance with its host context and limits.
+//!
+//! Fetching a missing blob is the agent's (it owns the fetcher and the uplink): the
+//! launcher says [`Launch::NeedsBlob`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use wedge_broker::LocalPublisher;
+use wedge_shared::messages::ModuleSpec;
+use wedge_shared::signing::{self, Covers, Signed};
+
+use super::NodeProfile;
+use crate::buffer::Buffer;
+use crate::config::MIN_MEMORY_BYTES;
+use crate::events::EventSink;
+use crate::runtime::{HostContext, Instance, InstanceConfig, Runtime};
+use crate::store::Store;
+
+/// What came of launching a module.
+#[derive(Debug)]
+pub enum Launch {
+    Started(Instance),
+    /// The blob is not in the store yet.
+    NeedsBlob,
+}
+
+/// The parts of the node an instance is made from.
+#[derive(Debug)]
+pub struct Launcher {
+    pub store: Store,
+    pub buffer: Buffer,
+    pub events: EventSink,
+    pub runtime: Runtime,
+    pub publisher: LocalPublisher,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Notified when an instance's state changes (the agent reports then).
+    pub changed: Arc<Notify>,
+}
+
+impl Launcher {
+    /// Starts an instance of `spec` under `profile`'s rules and limits; `report` is called
+    /// every heartbeat interval while the module compiles.
+    pub async fn launch(
+        &self,
+        profile: &NodeProfile,
+        spec: &ModuleSpec,
+        report: impl Fn(),
+    ) -> Result<Launch, String> {
+        check(profile, spec)?;
+        let Some(blob) = self.store.blob(&spec.digest).map_err(|e| e.to_string())? else {
+            return Ok(Launch::NeedsBlob);
+        };
+        let config = instance_config(profile, spec)?;
+        let compiled = self.compile(profile, spec, blob, report).await?;
+        let host = self.host_context(profile, spec)?;
+        Instance::start(
+            self.runtime.clone(),
+            &compiled,
+            host,
+            config,
+            self.changed.clone(),
+        )
+        .map(Launch::Started)
+        .map_err(|e| format!("cannot start module thread: {e}"))
+    }
+
+    async fn compile(
+        &self,
+        profile: &NodeProfile,
+        spec: &ModuleSpec,
+        blob: Vec<u8>,
+        report: impl Fn(),
+    ) -> Result<crate::runtime::Compiled, String> {
+        let runtime = self.runtime.clone();
+        let digest = spec.digest;
+        let started = Instant::now();
+        let mut load = tokio::task::spawn_blocking(move || runtime.load(&digest, &blob));
+        // Compiling can take many seconds on a small device; the node keeps reporting
+        // meanwhile, or the control plane would take it for dead.
+        let mut heartbeat = tokio::time::interval(profile.heartbeat_interval);
+        heartbeat.tick().await; // the first tick is immediate
+        let loaded = loop {
+            tokio::select! {
+                loaded = &mut load => break loaded,
+                _ = heartbeat.tick() => report(),
+            }
+        };
+        let (compiled, source) = loaded
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        tracing::info!(module = spec.name, %digest, ?source, took = ?started.elapsed(), "module loaded");
+        Ok(compiled)
+    }
+
+    fn host_context(
+        &self,
+        profile: &NodeProfile,
+        spec: &ModuleSpec,
+    ) -> Result<HostContext, String> {
+        let defaults = &profile.limits;
+        let kv = self
+            .store
+            .kv(
+                &spec.name,
+                spec.limits.kv_bytes.unwrap_or(defaults.kv_bytes),
+            )
+            .map_err(|e| format!("cannot open the module's key-value store: {e}"))?;
+        Ok(HostContext {
+            module: spec.name.as_str().into(),
+            publisher: self.publisher.clone(),
+            buffer: self.buffer.clone(),
+            kv,
+            publish_prefixes: spec.publish_prefixes.clone(),
+            publish_per_sec: spec
+                .limits
+                .publish_per_sec
+                .unwrap_or(defaults.publish_per_sec)
+                .max(1),
+            stats: Default::default(),
+            metrics: self.metrics.module(&spec.name),
+            events: self.events.clone(),
+        })
+    }
+}
+
+/// Whether `spec` may run on this node at all: signed as the node requires (the signature
+/// covers the module's name, version and digest, which the desired state carries; checked
+/// before fetching), and not larger than the node accepts.
+fn check(profile: &NodeProfile, spec: &ModuleSpec) -> Result<(), String> {
+    let signed = Signed {
+        name: &spec.module,
+        version: &spec.version,
+        digest: &spec.digest,
+    };
+    signing::check(spec.signature.as_ref(), signed, &profile.trusted_publishers)
+        .map_err(|e| e.to_string())?;
+    if let Some(sig) = &spec.signature
+        && sig.covers == Covers::DigestOnly
+        && !profile.trusted_publishers.is_empty()
+    {
+        tracing::warn!(module = %spec.name, "runs under a legacy digest-only signature: \
+            it does not bind the module's name and version; re-sign it (wedgectl modules push --sign-key)");
+    }
+    if spec.size > profile.max_module_size {
+        return Err(format!(
+            "module of {} bytes exceeds this node's limit of {}",
+            spec.size, profile.max_module_size
+        ));
+    }
+    Ok(())
+}
+
+/// The instance's limits: the deployment's, else the node's defaults.
+fn instance_config(profile: &NodeProfile, spec: &ModuleSpec) -> Result<InstanceConfig, String> {
+    let defaults = &profile.limits;
+    let memory_bytes = spec.limits.memory_bytes.unwrap_or(defaults.memory_bytes);
+    if memory_bytes < MIN_MEMORY_BYTES {
+        return Err(format!(
+            "memory limit of {memory_bytes} bytes is below the minimum of {MIN_MEMORY_BYTES}"
+        ));
+    }
+    Ok(InstanceConfig {
+        name: spec.name.clone(),
+        digest: spec.digest,
+        config: spec.config.clone(),
+        memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+        call_timeout: Duration::from_millis(
+            spec.limits
+                .call_timeout_ms
+                .unwrap_or(defaults.call_timeout_ms)
+                .max(10),
+        ),
+        queue: defaults.queue,
+        tick: spec.tick_ms.map(|ms| Duration::from_millis(ms.max(10))),
+    })
+}
