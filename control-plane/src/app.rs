@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use wedge_broker::EmbeddedBroker;
-use wedge_shared::process::{Lifecycle, Service};
+use wedge_service::process::{Lifecycle, Service};
 
 use crate::api::{self, AppState};
 use crate::assignments::Assignments;
@@ -117,7 +117,7 @@ impl App {
             (&connect_host, mqtt_addr.port()),
             // Reserved (no node or enrolling client can take it over) and unique per
             // process, so a restart or a second process never kicks this one off.
-            &wedge_shared::topics::control_plane_client_id(&format!(
+            &wedge_proto::topics::control_plane_client_id(&format!(
                 "{}-{:08x}",
                 std::process::id(),
                 rand::random::<u32>()
@@ -343,7 +343,7 @@ impl Service for Running {
                 "configuration reloaded: log level, heartbeat timeout and telemetry retention \
                  applied"
             );
-            wedge_shared::process::warn_needs_restart(&restart);
+            wedge_service::process::warn_needs_restart(&restart);
             tunables.send_replace(applied);
         }
     }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
-use wedge_shared::messages::ModuleSpec;
+use wedge_proto::messages::ModuleSpec;
 
 use crate::desired;
 use crate::model::{DeploymentRecord, Rollout};

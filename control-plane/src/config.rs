@@ -52,7 +52,7 @@ pub struct Config {
     pub log_level: Option<String>,
 }
 
-impl wedge_shared::process::ServiceConfig for Config {
+impl wedge_service::process::ServiceConfig for Config {
     fn log_level(&self) -> Option<&str> {
         self.log_level.as_deref()
     }
@@ -74,7 +74,7 @@ impl Config {
 
     /// The settings that differ from `old` and take effect only after a restart.
     pub fn needs_restart(&self, old: &Config) -> Vec<&'static str> {
-        wedge_shared::changed_fields!(
+        wedge_service::changed_fields!(
             self,
             old,
             data_dir,
@@ -199,12 +199,12 @@ impl Config {
     }
 
     /// The external broker, when one is configured.
-    pub fn external_broker(&self) -> anyhow::Result<Option<wedge_shared::mqtt_url::MqttUrl>> {
+    pub fn external_broker(&self) -> anyhow::Result<Option<wedge_proto::mqtt_url::MqttUrl>> {
         let Some(url) = &self.mqtt_broker else {
             return Ok(None);
         };
         let parsed =
-            wedge_shared::mqtt_url::parse(url).map_err(|e| anyhow::anyhow!("mqtt_broker: {e}"))?;
+            wedge_proto::mqtt_url::parse(url).map_err(|e| anyhow::anyhow!("mqtt_broker: {e}"))?;
         if parsed.tls {
             bail!(
                 "mqtt_broker {url:?}: TLS to an external broker is not supported yet; use                  mqtt:// on a trusted network, or the embedded broker (TLS with node certificates)"
@@ -258,14 +258,14 @@ impl Config {
             bail!("max_module_size must be positive");
         }
         // Blob chunks and desired states must fit in one MQTT packet with room to spare.
-        let min_payload = 2 * wedge_shared::messages::BLOB_CHUNK_SIZE;
+        let min_payload = 2 * wedge_proto::messages::BLOB_CHUNK_SIZE;
         if self.mqtt_max_payload < min_payload {
             bail!("mqtt_max_payload must be at least {min_payload} bytes");
         }
-        if self.mqtt_max_payload > wedge_shared::MAX_MESSAGE_SIZE {
+        if self.mqtt_max_payload > wedge_proto::MAX_MESSAGE_SIZE {
             bail!(
                 "mqtt_max_payload must be at most {} bytes",
-                wedge_shared::MAX_MESSAGE_SIZE
+                wedge_proto::MAX_MESSAGE_SIZE
             );
         }
         Ok(())

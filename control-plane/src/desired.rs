@@ -1,6 +1,6 @@
 //! Which modules a node should run, given the deployments. Pure: no I/O, no clock.
 
-use wedge_shared::messages::ModuleSpec;
+use wedge_proto::messages::ModuleSpec;
 
 use crate::model::{DeploymentRecord, DesiredRecord};
 
@@ -47,7 +47,7 @@ pub fn next(current: Option<&DesiredRecord>, modules: Vec<ModuleSpec>) -> Option
 mod tests {
     use super::*;
     use crate::model::{ModuleRecord, Target};
-    use wedge_shared::Digest;
+    use wedge_proto::Digest;
 
     fn deployment(name: &str, target: Target) -> DeploymentRecord {
         DeploymentRecord {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use wedge_shared::messages::{EventKind, Heartbeat, NodeEvent};
+use wedge_proto::messages::{EventKind, Heartbeat, NodeEvent};
 
 use crate::model::{Liveness, NodeRecord};
 use crate::store::{self, Store};
@@ -47,7 +47,7 @@ pub fn problems(hb: &Heartbeat) -> Vec<String> {
     let mut out: Vec<String> = hb
         .modules
         .iter()
-        .filter(|m| m.state == wedge_shared::messages::ModuleState::Failed)
+        .filter(|m| m.state == wedge_proto::messages::ModuleState::Failed)
         .map(|m| match &m.last_error {
             Some(e) => format!("module {} failing: {e}", m.name),
             None => format!("module {} failing", m.name),
@@ -491,7 +491,7 @@ mod tests {
 
     #[test]
     fn failing_modules_and_a_full_buffer_degrade_a_node() {
-        use wedge_shared::messages::{BufferStatus, ModuleState, ModuleStatus};
+        use wedge_proto::messages::{BufferStatus, ModuleState, ModuleStatus};
         let dir = tempfile::tempdir().unwrap();
         let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
         fleet.heartbeat(hb("n1", "a"), true, 1_000).unwrap();
@@ -500,13 +500,13 @@ mod tests {
         let mut sick = hb("n1", "a");
         sick.modules.push(ModuleStatus {
             name: "m".into(),
-            digest: wedge_shared::Digest::of(b"m"),
+            digest: wedge_proto::Digest::of(b"m"),
             state: ModuleState::Failed,
             last_error: Some("trapped".into()),
             restarts: 3,
             stats: Default::default(),
         });
-        sick.resources = wedge_shared::messages::Resources {
+        sick.resources = wedge_proto::messages::Resources {
             disk_free_bytes: 1 << 20,
             disk_total_bytes: 100 << 20,
             memory_available_bytes: 50,

@@ -182,7 +182,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    wedge_shared::process::init(&cli.log_format);
+    wedge_service::process::init(&cli.log_format);
     // SIGHUP reloads by loading again: the file, the environment and these flags.
-    wedge_shared::process::run_service("wedge-control", move || config(&cli), App::start).await
+    wedge_service::process::run_service("wedge-control", move || config(&cli), App::start).await
 }

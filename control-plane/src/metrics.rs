@@ -21,7 +21,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use wedge_shared::metrics::{self as shared, ProcessCollector};
+use wedge_service::metrics::{self as shared, ProcessCollector};
 
 use crate::fleet::Fleet;
 use crate::link::Counters;

@@ -4,9 +4,9 @@
 //! answer; it never reads.
 
 use rumqttc::{AsyncClient, QoS};
-use wedge_shared::encode;
-use wedge_shared::messages::{BlobReply, CertReply, DesiredState, TelemetryAck};
-use wedge_shared::topics::{self, NodeTopic};
+use wedge_proto::encode;
+use wedge_proto::messages::{BlobReply, CertReply, DesiredState, TelemetryAck};
+use wedge_proto::topics::{self, NodeTopic};
 
 /// Publishes to nodes on behalf of the control plane. Cheap to clone.
 #[derive(Debug, Clone)]

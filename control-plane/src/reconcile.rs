@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wedge_shared::messages::DesiredState;
+use wedge_proto::messages::DesiredState;
 
 use crate::assignments::Assignments;
 use crate::desired;

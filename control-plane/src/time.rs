@@ -3,7 +3,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-pub use wedge_shared::now_ms;
+pub use wedge_proto::now_ms;
 
 /// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write (four-digit years).
 pub const MAX_RFC3339_MS: u64 = 253_402_300_799_999;

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wedge_broker::EmbeddedBroker;
-use wedge_shared::process::{Lifecycle, Service};
+use wedge_service::process::{Lifecycle, Service};
 
 use crate::agent::{Agent, NodeProfile, Wiring};
 use crate::config::Config;
@@ -79,7 +79,7 @@ impl App {
         broker_cfg.gate = Some(std::sync::Arc::new(crate::devices::SharedDeviceGate(
             devices,
         )));
-        let link_id = wedge_shared::topics::node_link_client_id(&config.node_id);
+        let link_id = wedge_proto::topics::node_link_client_id(&config.node_id);
         let (broker, publisher, receiver) = tokio::task::spawn_blocking(move || {
             EmbeddedBroker::start_with_link(&broker_cfg, &link_id)
         })
@@ -242,7 +242,7 @@ impl Service for Running {
                 "configuration reloaded: log level, heartbeat interval and module limits \
                  (for modules started from now on) applied"
             );
-            wedge_shared::process::warn_needs_restart(&restart);
+            wedge_service::process::warn_needs_restart(&restart);
             tunables.send_replace(applied);
         }
     }

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wedge_shared::messages::{TelemetryBatch, TelemetryRecord};
-use wedge_shared::topics::validate_id;
+use wedge_proto::messages::{TelemetryBatch, TelemetryRecord};
+use wedge_proto::topics::validate_id;
 
 /// Largest payload of one record.
 pub const MAX_RECORD_PAYLOAD: usize = 64 * 1024;
@@ -223,7 +223,7 @@ impl Buffer {
         }
         // The node's own `$log` stream is the one name outside the id alphabet (modules
         // cannot emit on it: the host refuses `$` streams before they get here).
-        if validate_id(stream).is_err() && stream != wedge_shared::messages::LOG_STREAM {
+        if validate_id(stream).is_err() && stream != wedge_proto::messages::LOG_STREAM {
             return Err(Error::BadStream(stream.to_string()));
         }
         // One lock orders sequence numbers with their writes.
@@ -236,7 +236,7 @@ impl Buffer {
             ts_ms,
             payload: payload.to_vec(),
         };
-        let bytes = wedge_shared::encode(&record);
+        let bytes = wedge_proto::encode(&record);
         let size = bytes.len() as u64;
         if self.policy == FullPolicy::RejectNew && state.bytes + size > self.quota {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -292,7 +292,7 @@ impl Buffer {
         let mut state = self.lock();
         let mut removed = 0;
         while let Some((k, v)) = self.tree.first()? {
-            let record: TelemetryRecord = wedge_shared::decode(&v).map_err(|e| Error::Corrupt {
+            let record: TelemetryRecord = wedge_proto::decode(&v).map_err(|e| Error::Corrupt {
                 seq: seq_of(&k),
                 reason: e.to_string(),
             })?;
@@ -387,7 +387,7 @@ impl Buffer {
                 break;
             }
             bytes += v.len();
-            records.push(wedge_shared::decode(&v).map_err(|e| Error::Corrupt {
+            records.push(wedge_proto::decode(&v).map_err(|e| Error::Corrupt {
                 seq: seq_of(&k),
                 reason: e.to_string(),
             })?);
@@ -404,16 +404,16 @@ impl Buffer {
     }
 
     /// The buffer's state for the node's heartbeat.
-    pub fn status(&self, now_ms: u64) -> wedge_shared::messages::BufferStatus {
+    pub fn status(&self, now_ms: u64) -> wedge_proto::messages::BufferStatus {
         let (pending, bytes) = self.pending();
         let oldest_age_ms = self
             .tree
             .first()
             .ok()
             .flatten()
-            .and_then(|(_, v)| wedge_shared::decode::<TelemetryRecord>(&v).ok())
+            .and_then(|(_, v)| wedge_proto::decode::<TelemetryRecord>(&v).ok())
             .map_or(0, |r| now_ms.saturating_sub(r.ts_ms));
-        wedge_shared::messages::BufferStatus {
+        wedge_proto::messages::BufferStatus {
             pending,
             bytes,
             oldest_age_ms,
@@ -427,7 +427,7 @@ impl Buffer {
         let mut out = Vec::new();
         for item in self.tree.range((after + 1).to_be_bytes()..).take(limit) {
             let (k, v) = item?;
-            out.push(wedge_shared::decode(&v).map_err(|e| Error::Corrupt {
+            out.push(wedge_proto::decode(&v).map_err(|e| Error::Corrupt {
                 seq: seq_of(&k),
                 reason: e.to_string(),
             })?);
@@ -612,7 +612,7 @@ mod tests {
                     ts_ms: 0,
                     payload: vec![],
                 };
-                tree.insert(seq.to_be_bytes(), wedge_shared::encode(&r))
+                tree.insert(seq.to_be_bytes(), wedge_proto::encode(&r))
                     .unwrap();
             }
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use wedge_shared::topics::validate_id;
+use wedge_proto::topics::validate_id;
 
 /// Everything an edge node can be told.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,7 +59,7 @@ pub struct Config {
     pub log_level: Option<String>,
 }
 
-impl wedge_shared::process::ServiceConfig for Config {
+impl wedge_service::process::ServiceConfig for Config {
     fn log_level(&self) -> Option<&str> {
         self.log_level.as_deref()
     }
@@ -80,7 +80,7 @@ impl Config {
 
     /// The settings that differ from `old` and take effect only after a restart.
     pub fn needs_restart(&self, old: &Config) -> Vec<&'static str> {
-        wedge_shared::changed_fields!(
+        wedge_service::changed_fields!(
             self,
             old,
             node_id,
@@ -177,7 +177,7 @@ impl Config {
         self.trusted_publishers
             .iter()
             .map(|k| {
-                wedge_shared::signing::parse_public_key(k)
+                wedge_proto::signing::parse_public_key(k)
                     .map_err(|e| anyhow::anyhow!("trusted_publishers: {e}"))
             })
             .collect()
@@ -249,7 +249,7 @@ impl Config {
 
 /// Parses `mqtt://host:port` (or `tcp://`, or a bare `host:port`); the port defaults to 1883.
 pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
-    wedge_shared::mqtt_url::parse(url)
+    wedge_proto::mqtt_url::parse(url)
         .map(|u| (u.host, u.port))
         .map_err(|e| anyhow::anyhow!("control plane {e}"))
 }

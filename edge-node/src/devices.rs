@@ -201,7 +201,7 @@ impl Gate for SharedDeviceGate {
     fn admit(&self, a: Admission) -> BoxFuture<Result<Arc<dyn Session>, Refusal>> {
         let gate = self.0.clone();
         Box::pin(async move {
-            if wedge_shared::topics::is_internal_client_id(&a.client_id) {
+            if wedge_proto::topics::is_internal_client_id(&a.client_id) {
                 tracing::warn!(
                     client_id = a.client_id,
                     "device refused: the client id is reserved for the node's own link"

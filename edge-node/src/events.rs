@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wedge_shared::messages::{EventKind, NodeEvent};
+use wedge_proto::messages::{EventKind, NodeEvent};
 
 use crate::uplink::UplinkClient;
 
@@ -39,7 +39,7 @@ impl EventSink {
 
     pub fn send(&self, module: Option<&str>, kind: EventKind) {
         let event = NodeEvent {
-            ts_ms: wedge_shared::now_ms(),
+            ts_ms: wedge_proto::now_ms(),
             module: module.map(str::to_string),
             kind,
         };

@@ -59,7 +59,7 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, wedge_shared::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, wedge_service::metrics::CONTENT_TYPE)],
         state.metrics.render(),
     )
 }

@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use wedge_shared::metrics::{self as shared, ProcessCollector};
+use wedge_service::metrics::{self as shared, ProcessCollector};
 
 use crate::buffer::Buffer;
 use crate::uplink;
@@ -174,7 +174,7 @@ struct NodeCollector {
 
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let b = self.buffer.status(wedge_shared::now_ms());
+        let b = self.buffer.status(wedge_proto::now_ms());
         let e = &mut encoder;
         shared::encode_gauge(
             e,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use wedge_shared::messages::Resources;
+use wedge_proto::messages::Resources;
 
 /// Samples the file system holding `data_dir` and the system's memory. What cannot be read
 /// is reported as 0 (unknown).

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 use wedge_broker::LocalReceiver;
-use wedge_shared::topics::matches;
+use wedge_proto::topics::matches;
 
 use crate::runtime::Message;
 use crate::runtime::instance::Inbox;

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use wedge_shared::Digest;
-use wedge_shared::messages::DesiredState;
+use wedge_proto::Digest;
+use wedge_proto::messages::DesiredState;
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -14,7 +14,7 @@ pub enum Error {
     #[error("storage engine: {0}")]
     Engine(#[from] sled::Error),
     #[error("stored desired state is unreadable: {0}")]
-    Corrupt(#[from] wedge_shared::DecodeError),
+    Corrupt(#[from] wedge_proto::DecodeError),
 }
 
 const DESIRED_KEY: &str = "desired";
@@ -55,14 +55,14 @@ impl Store {
     /// The last desired state received, if any.
     pub fn desired(&self) -> Result<Option<DesiredState>, Error> {
         match self.db.get(DESIRED_KEY)? {
-            Some(bytes) => Ok(Some(wedge_shared::decode(&bytes)?)),
+            Some(bytes) => Ok(Some(wedge_proto::decode(&bytes)?)),
             None => Ok(None),
         }
     }
 
     /// Saves the desired state durably before the node acts on it.
     pub fn put_desired(&self, state: &DesiredState) -> Result<(), Error> {
-        self.db.insert(DESIRED_KEY, wedge_shared::encode(state))?;
+        self.db.insert(DESIRED_KEY, wedge_proto::encode(state))?;
         self.db.flush()?;
         Ok(())
     }

@@ -20,7 +20,7 @@ use wedge_control_plane::store::Store as CpStore;
 use wedge_edge_node::buffer::{Buffer, FullPolicy};
 use wedge_edge_node::store::Store as NodeStore;
 use wedge_edge_node::uplink::upload::{BATCH_BYTES, Uploader};
-use wedge_shared::messages::{TelemetryAck, TelemetryBatch};
+use wedge_proto::messages::{TelemetryAck, TelemetryBatch};
 
 #[derive(Debug, Clone)]
 enum Op {

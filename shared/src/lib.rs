@@ -1,4 +1,4 @@
-//! # wedge-shared — the protocol edge nodes and the control plane speak
+//! # wedge-proto — the protocol edge nodes and the control plane speak
 //!
 //! Everything that crosses the uplink is defined here and nowhere else, so the two sides
 //! cannot drift apart. This crate does no I/O.
@@ -14,11 +14,7 @@
 pub mod digest;
 pub mod envelope;
 pub mod messages;
-#[cfg(feature = "process")]
-pub mod metrics;
 pub mod mqtt_url;
-#[cfg(feature = "process")]
-pub mod process;
 pub mod signing;
 pub mod topics;
 #[doc(hidden)]

@@ -609,7 +609,7 @@ mod tests {
     }
 
     /// Writes the seed corpus of the fuzz target `wire`:
-    /// `WEDGE_FUZZ_SEEDS=tests/fuzz/corpus/wire cargo test -p wedge-shared -- --ignored write_fuzz_seeds`.
+    /// `WEDGE_FUZZ_SEEDS=tests/fuzz/corpus/wire cargo test -p wedge-proto -- --ignored write_fuzz_seeds`.
     #[test]
     #[ignore = "writes files; run by hand to refresh the fuzz corpus"]
     fn write_fuzz_seeds() {

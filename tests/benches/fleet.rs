@@ -85,7 +85,7 @@ async fn run(n: usize) -> anyhow::Result<()> {
     );
 
     // 2. Rollout of a small module to every node, all at once.
-    let digest: wedge_shared::Digest = api.upload_module("forward", "1").await?.parse()?;
+    let digest: wedge_proto::Digest = api.upload_module("forward", "1").await?.parse()?;
     let start = Instant::now();
     api.deploy(&json!({
         "name": "fw",
@@ -132,7 +132,7 @@ async fn run(n: usize) -> anyhow::Result<()> {
 
     // 2b. A gated rollout of revision 2 over the same fleet: 1 % canary, then batches of
     // 25 %, each once the previous one reports healthy.
-    let digest2: wedge_shared::Digest = api.upload_module("threshold-alert", "1").await?.parse()?;
+    let digest2: wedge_proto::Digest = api.upload_module("threshold-alert", "1").await?.parse()?;
     let start = Instant::now();
     api.deploy(&json!({
         "name": "fw",

@@ -185,10 +185,10 @@ impl ControlPlane {
 
 /// The status message of a node `node` that runs nothing: the control plane registers it.
 pub fn idle_heartbeat(node: &str) -> Vec<u8> {
-    use wedge_shared::messages::{Heartbeat, StatusMessage};
-    wedge_shared::encode(&StatusMessage::Heartbeat(Heartbeat {
+    use wedge_proto::messages::{Heartbeat, StatusMessage};
+    wedge_proto::encode(&StatusMessage::Heartbeat(Heartbeat {
         node_id: node.to_string(),
-        sent_at_ms: wedge_shared::now_ms(),
+        sent_at_ms: wedge_proto::now_ms(),
         arch: "x86_64".into(),
         version: "test".into(),
         labels: Default::default(),
@@ -296,7 +296,7 @@ impl Node {
     }
 
     /// Every telemetry record waiting in the node's buffer, in sequence order.
-    pub fn telemetry(&self) -> anyhow::Result<Vec<wedge_shared::messages::TelemetryRecord>> {
+    pub fn telemetry(&self) -> anyhow::Result<Vec<wedge_proto::messages::TelemetryRecord>> {
         let running = self.running.as_ref().context("node is stopped")?;
         Ok(running.buffer().read(0, usize::MAX)?)
     }
@@ -400,7 +400,7 @@ impl Api {
         &self,
         path: &str,
         body: Vec<u8>,
-        signature: Option<&wedge_shared::signing::ModuleSignature>,
+        signature: Option<&wedge_proto::signing::ModuleSignature>,
     ) -> anyhow::Result<(u16, Value)> {
         let mut req = self
             .http

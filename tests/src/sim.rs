@@ -17,12 +17,12 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use wedge_shared::Digest;
-use wedge_shared::envelope::{decode, encode};
-use wedge_shared::messages::{
+use wedge_proto::Digest;
+use wedge_proto::envelope::{decode, encode};
+use wedge_proto::messages::{
     DesiredState, Heartbeat, ModuleState, ModuleStatus, Offline, StatusMessage,
 };
-use wedge_shared::topics::NodeTopic;
+use wedge_proto::topics::NodeTopic;
 
 /// How simulated nodes behave.
 #[derive(Clone)]
@@ -247,7 +247,7 @@ async fn run_node(
         let applied = node.applied_generation();
         encode(&StatusMessage::Heartbeat(Heartbeat {
             node_id: node.id.clone(),
-            sent_at_ms: wedge_shared::now_ms(),
+            sent_at_ms: wedge_proto::now_ms(),
             arch: "sim".into(),
             version: "sim".into(),
             labels: labels.clone(),

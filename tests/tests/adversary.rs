@@ -8,8 +8,8 @@ use anyhow::Context as _;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
-use wedge_shared::messages::{BlobReply, BlobRequest};
-use wedge_shared::topics::NodeTopic;
+use wedge_proto::messages::{BlobReply, BlobRequest};
+use wedge_proto::topics::NodeTopic;
 use wedge_tests::{ControlPlane, Device, Node, idle_heartbeat, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -22,8 +22,8 @@ fn hostile_node(cp: &ControlPlane, id: &str) -> anyhow::Result<(AsyncClient, rum
     opts.set_keep_alive(Duration::from_secs(10));
     // Blob chunks are larger than rumqttc's default packet limit.
     opts.set_max_packet_size(
-        wedge_shared::envelope::MAX_MESSAGE_SIZE + 1024,
-        wedge_shared::envelope::MAX_MESSAGE_SIZE + 1024,
+        wedge_proto::envelope::MAX_MESSAGE_SIZE + 1024,
+        wedge_proto::envelope::MAX_MESSAGE_SIZE + 1024,
     );
     opts.set_transport(rumqttc::Transport::tls_with_config(
         rumqttc::TlsConfiguration::Rustls(tls),
@@ -36,7 +36,7 @@ async fn ask_for_blob(
     client: &AsyncClient,
     eventloop: &mut rumqttc::EventLoop,
     node: &str,
-    digest: wedge_shared::Digest,
+    digest: wedge_proto::Digest,
 ) -> anyhow::Result<BlobReply> {
     let request = BlobRequest {
         digest,
@@ -48,13 +48,13 @@ async fn ask_for_blob(
             NodeTopic::BlobRequest.for_node(node),
             QoS::AtLeastOnce,
             false,
-            wedge_shared::encode(&request),
+            wedge_proto::encode(&request),
         )
         .await?;
     let answer = tokio::time::timeout(DEADLINE, async {
         loop {
             if let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await? {
-                return anyhow::Ok(wedge_shared::decode::<BlobReply>(&p.payload)?);
+                return anyhow::Ok(wedge_proto::decode::<BlobReply>(&p.payload)?);
             }
         }
     })
@@ -153,7 +153,7 @@ async fn a_device_cannot_take_over_the_node_s_own_link() -> anyhow::Result<()> {
     let mut device = Device::connect(node.local_mqtt_addr, "device-1", &["alerts/#"]).await?;
     alert_flows(&mut device, 60).await?;
 
-    let internal = wedge_shared::topics::node_link_client_id("edge-1");
+    let internal = wedge_proto::topics::node_link_client_id("edge-1");
     assert!(
         !device_admitted(node.local_mqtt_addr, &internal).await?,
         "a device connected as {internal}"
@@ -187,7 +187,7 @@ async fn nobody_takes_over_the_control_plane_s_session() -> anyhow::Result<()> {
     // topics. Each keeps trying for a while, as a takeover loop would.
     for id in [
         format!("wedge-control-{}", std::process::id()),
-        wedge_shared::topics::control_plane_client_id("1"),
+        wedge_proto::topics::control_plane_client_id("1"),
     ] {
         let (_client, mut eventloop) = hostile_node(&cp, &id)?;
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
@@ -421,12 +421,12 @@ async fn one_flooding_node_does_not_starve_the_fleet() -> anyhow::Result<()> {
         let (_, text) = api.get_text("/metrics").await?;
         wedge_tests::metric(&text, "wedge_heartbeats_total", &[]).context("heartbeats")
     };
-    let request = wedge_shared::encode(&BlobRequest {
+    let request = wedge_proto::encode(&BlobRequest {
         digest: digest.parse()?,
         offset: 0,
         max_chunks: 16,
     });
-    let batch = wedge_shared::encode(&wedge_shared::messages::TelemetryBatch {
+    let batch = wedge_proto::encode(&wedge_proto::messages::TelemetryBatch {
         epoch: 7,
         epoch_start: 1,
         first_available: 1,

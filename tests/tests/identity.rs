@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
-use wedge_shared::topics::NodeTopic;
+use wedge_proto::topics::NodeTopic;
 use wedge_tests::{ControlPlane, Device, Node, idle_heartbeat, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);

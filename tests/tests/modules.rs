@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wedge_shared::messages::LOG_STREAM;
+use wedge_proto::messages::LOG_STREAM;
 use wedge_tests::{ControlPlane, Device, Node, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -198,7 +198,7 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
     let m = report("refuse-long", |m| m["last_error"].is_string()).await?;
     let long = err(&m);
     assert!(
-        long.len() <= wedge_shared::messages::MAX_ERROR_TEXT && long.ends_with('…'),
+        long.len() <= wedge_proto::messages::MAX_ERROR_TEXT && long.ends_with('…'),
         "{} bytes",
         long.len()
     );

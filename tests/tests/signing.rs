@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use serde_json::json;
-use wedge_shared::Digest;
-use wedge_shared::signing::{Covers, ModuleSignature, Signed, format_public_key, public_key};
+use wedge_proto::Digest;
+use wedge_proto::signing::{Covers, ModuleSignature, Signed, format_public_key, public_key};
 use wedge_tests::{ControlPlane, Node};
 
 const DEADLINE: Duration = Duration::from_secs(60);

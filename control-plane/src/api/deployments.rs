@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wedge_shared::Digest;
-use wedge_shared::messages::Limits;
-use wedge_shared::topics::{validate_filter, validate_id};
+use wedge_proto::Digest;
+use wedge_proto::messages::Limits;
+use wedge_proto::topics::{validate_filter, validate_id};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
@@ -508,11 +508,11 @@ async fn create(
 /// on every try. Checked against the module alone (any future node) and against every node
 /// the revision targets now, with the modules of its other deployments.
 fn check_desired_size(state: &AppState, record: &DeploymentRecord) -> Result<(), ApiError> {
-    use wedge_shared::messages::{DesiredState, ModuleSpec};
+    use wedge_proto::messages::{DesiredState, ModuleSpec};
     let limit = state.max_desired_bytes;
     let new = crate::desired::spec(record);
     let size = |modules: Vec<ModuleSpec>| {
-        wedge_shared::encode(&DesiredState {
+        wedge_proto::encode(&DesiredState {
             generation: u64::MAX,
             modules,
         })

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wedge_shared::Digest;
+use wedge_proto::Digest;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};

@@ -54,7 +54,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, wedge_shared::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, wedge_service::metrics::CONTENT_TYPE)],
         state.metrics.render(),
     )
 }

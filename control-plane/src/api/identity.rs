@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wedge_shared::topics::validate_id;
+use wedge_proto::topics::validate_id;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use wedge_shared::Digest;
-use wedge_shared::topics::validate_id;
+use wedge_proto::Digest;
+use wedge_proto::topics::validate_id;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
@@ -59,7 +59,7 @@ impl From<&ModuleRecord> for ModuleView {
             signed_by: m
                 .signature
                 .as_ref()
-                .map(|s| wedge_shared::signing::format_public_key(&s.public_key)),
+                .map(|s| wedge_proto::signing::format_public_key(&s.public_key)),
             signature_covers: m.signature.as_ref().map(|s| s.covers.as_str().to_owned()),
         }
     }
@@ -115,7 +115,7 @@ async fn upload(
                 .to_str()
                 .map_err(|_| ApiError::bad_request("the Wedge-Signature header is not text"))?;
             Some(
-                wedge_shared::signing::ModuleSignature::from_header(text)
+                wedge_proto::signing::ModuleSignature::from_header(text)
                     .map_err(|e| ApiError::bad_request(format!("Wedge-Signature: {e}")))?,
             )
         }
@@ -139,8 +139,8 @@ async fn upload(
     let signature = match signature {
         None => None,
         Some(sig) => {
-            let key = wedge_shared::signing::format_public_key(&sig.public_key);
-            let module = wedge_shared::signing::Signed {
+            let key = wedge_proto::signing::format_public_key(&sig.public_key);
+            let module = wedge_proto::signing::Signed {
                 name: &params.name,
                 version: &params.version,
                 digest: &digest,
@@ -152,7 +152,7 @@ async fn upload(
                     params.name, params.version
                 ))
             })?;
-            if sig.covers == wedge_shared::signing::Covers::DigestOnly {
+            if sig.covers == wedge_proto::signing::Covers::DigestOnly {
                 tracing::warn!(module = %params.name, version = %params.version, %key,
                     "legacy digest-only signature accepted: it does not bind the name and version");
             }

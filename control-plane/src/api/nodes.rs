@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use wedge_shared::messages::EventKind;
+use wedge_proto::messages::EventKind;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
@@ -249,9 +249,9 @@ pub struct NodeView {
     pub applied_generation: u64,
     pub modules: Vec<ModuleStateView>,
     /// The node's telemetry backlog: `pending` records, `bytes`, `oldest_age_ms`, `dropped`.
-    pub telemetry: wedge_shared::messages::BufferStatus,
+    pub telemetry: wedge_proto::messages::BufferStatus,
     /// Disk (of the node's data directory) and memory, in bytes; 0 when unknown.
-    pub resources: wedge_shared::messages::Resources,
+    pub resources: wedge_proto::messages::Resources,
 }
 
 /// A module instance on a node.
@@ -265,7 +265,7 @@ pub struct ModuleStateView {
     pub restarts: u32,
     /// Counters since the node started the instance: `messages`, `errors`, `dropped`,
     /// `published`, `refused`, `emitted`.
-    pub stats: wedge_shared::messages::ModuleStats,
+    pub stats: wedge_proto::messages::ModuleStats,
 }
 
 impl From<&NodeRecord> for NodeView {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use wedge_broker::{Admission, BoxFuture, Gate, Refusal, Session, Stream, Unrestricted};
-use wedge_shared::topics::{self, NodeTopic};
+use wedge_proto::topics::{self, NodeTopic};
 
 use super::{EnrollRefusal, NodeIdentities};
 use crate::time::now_ms;

@@ -37,7 +37,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use wedge_pki::{Ca, Credential};
-use wedge_shared::messages::{CertReply, CertRequest};
+use wedge_proto::messages::{CertReply, CertRequest};
 
 pub use tokens::{EnrollToken, TokenError, validate_pattern};
 

@@ -6,12 +6,12 @@
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
-use wedge_shared::messages::{
+use wedge_proto::messages::{
     BLOB_CHUNK_SIZE, BlobChunk, BlobReply, BlobRequest, CertRequest, NodeEvent, StatusMessage,
     TelemetryAck, TelemetryBatch,
 };
-use wedge_shared::topics::NodeTopic;
-use wedge_shared::{DecodeError, decode};
+use wedge_proto::topics::NodeTopic;
+use wedge_proto::{DecodeError, decode};
 
 use super::{Context, lanes, liveness};
 use crate::time::now_ms;

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
-use wedge_shared::topics::NodeTopic;
+use wedge_proto::topics::NodeTopic;
 
 use super::inbound::Inbound;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio_util::sync::CancellationToken;
-use wedge_shared::topics::{self, NodeTopic};
+use wedge_proto::topics::{self, NodeTopic};
 
 use super::inbound::{self, Inbound};
 use super::{Context, lanes};

@@ -12,8 +12,8 @@ pub mod strategy;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use wedge_shared::Digest;
-use wedge_shared::messages::{ModuleSpec, ModuleStatus};
+use wedge_proto::Digest;
+use wedge_proto::messages::{ModuleSpec, ModuleStatus};
 
 pub use rollout::Rollout;
 pub use strategy::Strategy;
@@ -28,7 +28,7 @@ pub struct ModuleRecord {
     pub uploaded_at_ms: u64,
     /// The publisher's signature, verified at upload.
     #[serde(default)]
-    pub signature: Option<wedge_shared::signing::ModuleSignature>,
+    pub signature: Option<wedge_proto::signing::ModuleSignature>,
 }
 
 /// Which nodes a deployment targets.
@@ -67,7 +67,7 @@ pub struct DeploymentRecord {
     #[serde(default)]
     pub tick_ms: Option<u64>,
     #[serde(default)]
-    pub limits: wedge_shared::messages::Limits,
+    pub limits: wedge_proto::messages::Limits,
     #[serde(default)]
     pub strategy: Strategy,
     pub created_at_ms: u64,
@@ -98,9 +98,9 @@ pub struct NodeRecord {
     pub applied_generation: u64,
     pub modules: Vec<ModuleStatus>,
     #[serde(default)]
-    pub buffer: wedge_shared::messages::BufferStatus,
+    pub buffer: wedge_proto::messages::BufferStatus,
     #[serde(default)]
-    pub resources: wedge_shared::messages::Resources,
+    pub resources: wedge_proto::messages::Resources,
     /// What is wrong with the node while it is online (empty: healthy).
     #[serde(default)]
     pub problems: Vec<String>,

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use serde::{Serialize, de::DeserializeOwned};
-use wedge_shared::Digest;
+use wedge_proto::Digest;
 
 mod telemetry;
 

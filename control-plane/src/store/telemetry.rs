@@ -34,7 +34,7 @@ use std::collections::BinaryHeap;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
-use wedge_shared::messages::{TelemetryBatch, TelemetryRecord};
+use wedge_proto::messages::{TelemetryBatch, TelemetryRecord};
 
 use super::{Error, Result, Store};
 
@@ -148,7 +148,7 @@ fn make_room_for_an_epoch(marks: &sled::Tree, node: &str) -> Result<()> {
 }
 
 fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<StoredTelemetry> {
-    wedge_shared::decode(bytes).map_err(|e| Error::CorruptRecord {
+    wedge_proto::decode(bytes).map_err(|e| Error::CorruptRecord {
         tree: LOG,
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
@@ -174,17 +174,17 @@ impl Store {
         let mut moved = 0u64;
         for item in old.iter() {
             let (k, v) = item?;
-            let Ok(record) = wedge_shared::decode::<TelemetryRecord>(&v) else {
+            let Ok(record) = wedge_proto::decode::<TelemetryRecord>(&v) else {
                 continue;
             };
             let node = node_of(&k).to_vec();
             let stored = StoredTelemetry {
                 seq: record.seq,
                 epoch: 0,
-                received_ms: record.ts_ms.min(wedge_shared::now_ms()),
+                received_ms: record.ts_ms.min(wedge_proto::now_ms()),
                 record,
             };
-            log.insert(&k, wedge_shared::encode(&stored))?;
+            log.insert(&k, wedge_proto::encode(&stored))?;
             let last = counters.get(&node)?.map_or(0, |v| be_u64(&v));
             counters.insert(&node, &last.max(stored.seq).to_be_bytes())?;
             moved += 1;
@@ -266,7 +266,7 @@ impl Store {
                             received_ms,
                             record: record.clone(),
                         };
-                        log.insert(node_key(node, counter), wedge_shared::encode(&stored))?;
+                        log.insert(node_key(node, counter), wedge_proto::encode(&stored))?;
                         out.stored += 1;
                     } else {
                         out.out_of_order += 1;
@@ -315,7 +315,7 @@ impl Store {
         let mut fronts: BinaryHeap<Reverse<(u64, Vec<u8>, u64)>> = BinaryHeap::new();
         let mut from: Vec<u8> = Vec::new();
         while let Some((k, v)) = log.range(from.clone()..).next().transpose()? {
-            let received = wedge_shared::decode::<StoredTelemetry>(&v).map(|s| s.received_ms);
+            let received = wedge_proto::decode::<StoredTelemetry>(&v).map(|s| s.received_ms);
             if received.as_ref().is_ok_and(|r| *r >= cutoff_ms) {
                 // This node's remaining records are younger: count them, go to the next.
                 let next = after_node(node_of(&k));
@@ -625,7 +625,7 @@ mod tests {
         assert_eq!(a[0].received_ms, 103);
         // Size: the oldest received across both nodes go first, not one of each in turn.
         let one = store.telemetry("b", None, 0, 1).unwrap();
-        let size = wedge_shared::encode(&one[0]).len() as u64;
+        let size = wedge_proto::encode(&one[0]).len() as u64;
         store.prune_telemetry(0, 10 * size).unwrap();
         let a: Vec<u64> = store
             .telemetry("a", None, 0, 100)
@@ -653,7 +653,7 @@ mod tests {
             let db = sled::open(dir.path()).unwrap();
             let old = db.open_tree(LEGACY_RECORDS).unwrap();
             for seq in [1u64, 2] {
-                old.insert(node_key("n", seq), wedge_shared::encode(&rec(seq)))
+                old.insert(node_key("n", seq), wedge_proto::encode(&rec(seq)))
                     .unwrap();
             }
             db.open_tree(LEGACY_MARKS)

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use wedge_shared::messages::ModuleSpec;
+use wedge_proto::messages::ModuleSpec;
 
 /// The actions that turn `running` into `desired`.
 #[derive(Debug, Default, PartialEq)]
@@ -45,7 +45,7 @@ pub fn diff(desired: &[ModuleSpec], running: &BTreeMap<String, ModuleSpec>) -> A
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use wedge_shared::Digest;
+    use wedge_proto::Digest;
 
     fn spec(name: &str, version: u8) -> ModuleSpec {
         ModuleSpec {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use wedge_broker::LocalPublisher;
-use wedge_shared::messages::ModuleSpec;
-use wedge_shared::signing::{self, Covers, Signed};
+use wedge_proto::messages::ModuleSpec;
+use wedge_proto::signing::{self, Covers, Signed};
 
 use super::NodeProfile;
 use crate::buffer::Buffer;

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use wedge_broker::LocalPublisher;
-use wedge_shared::Digest;
-use wedge_shared::messages::{BlobReply, DesiredState, ModuleSpec, ModuleState, ModuleStatus};
+use wedge_proto::Digest;
+use wedge_proto::messages::{BlobReply, DesiredState, ModuleSpec, ModuleState, ModuleStatus};
 
 use crate::buffer::Buffer;
 use crate::config::ModuleLimits;
@@ -377,7 +377,7 @@ impl Agent {
     }
 
     fn report(&self) {
-        let now_ms = wedge_shared::now_ms();
+        let now_ms = wedge_proto::now_ms();
         let report = status::Report {
             now_ms,
             desired_generation: self.desired.as_ref().map_or(0, |d| d.generation),

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use wedge_shared::Digest;
-use wedge_shared::messages::{
+use wedge_proto::Digest;
+use wedge_proto::messages::{
     BufferStatus, Heartbeat, ModuleSpec, ModuleState, ModuleStatus, Resources,
 };
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
-use wedge_shared::Digest;
+use wedge_proto::Digest;
 
 /// Where a compiled module came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wedge_broker::LocalPublisher;
-use wedge_shared::messages::LOG_STREAM;
-use wedge_shared::topics::validate_topic;
+use wedge_proto::messages::LOG_STREAM;
+use wedge_proto::topics::validate_topic;
 
 use super::bindings::wedge::module::host::{Host, Level};
 use super::limits::TokenBucket;
@@ -44,9 +44,9 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn snapshot(&self) -> wedge_shared::messages::ModuleStats {
+    pub fn snapshot(&self) -> wedge_proto::messages::ModuleStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        wedge_shared::messages::ModuleStats {
+        wedge_proto::messages::ModuleStats {
             messages: get(&self.messages),
             errors: get(&self.errors),
             dropped: get(&self.dropped),
@@ -184,7 +184,7 @@ impl Host for HostState {
         }
         self.ctx
             .buffer
-            .append(&self.ctx.module, &stream, wedge_shared::now_ms(), &payload)
+            .append(&self.ctx.module, &stream, wedge_proto::now_ms(), &payload)
             .map_err(|e| e.to_string())?;
         self.ctx.stats.emitted.fetch_add(1, Ordering::Relaxed);
         self.ctx.metrics.to_uplink.inc();
@@ -212,7 +212,7 @@ impl Host for HostState {
     }
 
     fn now_ms(&mut self) -> u64 {
-        wedge_shared::now_ms()
+        wedge_proto::now_ms()
     }
 
     fn log(&mut self, level: Level, message: String) {
@@ -223,7 +223,7 @@ impl Host for HostState {
         let module = &*self.ctx.module;
         // Cut first: the line is as long as the module made it (up to its memory), and
         // both the local log and the upstream record format it.
-        let message = wedge_shared::messages::bounded_text(message, MAX_LOG_LINE);
+        let message = wedge_proto::messages::bounded_text(message, MAX_LOG_LINE);
         let name = match level {
             Level::Trace => "trace",
             Level::Debug => "debug",
@@ -246,7 +246,7 @@ impl Host for HostState {
             if let Err(e) = self.ctx.buffer.append(
                 module,
                 LOG_STREAM,
-                wedge_shared::now_ms(),
+                wedge_proto::now_ms(),
                 line.to_string().as_bytes(),
             ) {
                 self.ctx.stats.logs_dropped.fetch_add(1, Ordering::Relaxed);

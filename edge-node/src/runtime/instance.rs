@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use wasmtime::Store;
 use wasmtime::component::Component;
-use wedge_shared::Digest;
-use wedge_shared::messages::{EventKind, ModuleState, ModuleStatus};
+use wedge_proto::Digest;
+use wedge_proto::messages::{EventKind, ModuleState, ModuleStatus};
 
 use super::bindings;
 use super::host::{HostContext, HostState, Stats};
@@ -199,9 +199,9 @@ impl Supervisor {
             match self.run_once() {
                 End::Stopped => return,
                 End::Failed(error) => {
-                    let error = wedge_shared::messages::bounded_text(
+                    let error = wedge_proto::messages::bounded_text(
                         error,
-                        wedge_shared::messages::MAX_ERROR_TEXT,
+                        wedge_proto::messages::MAX_ERROR_TEXT,
                     );
                     tracing::warn!(module = self.config.name, error, retry_in = ?backoff, "module failed");
                     self.host.events.send(
@@ -303,7 +303,7 @@ impl Supervisor {
                 });
                 store.set_epoch_deadline(self.deadline_ticks());
                 let started = Instant::now();
-                let tick = module.call_on_tick(&mut store, wedge_shared::now_ms());
+                let tick = module.call_on_tick(&mut store, wedge_proto::now_ms());
                 self.host
                     .metrics
                     .tick_seconds

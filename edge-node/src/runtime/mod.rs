@@ -129,7 +129,7 @@ impl Runtime {
     /// when it holds a loadable entry, otherwise compiled now and cached.
     pub fn load(
         &self,
-        digest: &wedge_shared::Digest,
+        digest: &wedge_proto::Digest,
         bytes: &[u8],
     ) -> Result<(Compiled, cache::Source), Error> {
         if let Some(component) = self
@@ -147,7 +147,7 @@ impl Runtime {
     }
 
     /// Drops cache entries of modules not in `keep`.
-    pub fn retain_cached(&self, keep: &[wedge_shared::Digest]) {
+    pub fn retain_cached(&self, keep: &[wedge_proto::Digest]) {
         if let Some(cache) = &self.cache {
             cache.retain(keep);
         }
@@ -165,7 +165,7 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wedge_shared::Digest;
+    use wedge_proto::Digest;
 
     #[test]
     fn cache_hits_after_compile_and_recovers_from_a_bad_entry() {

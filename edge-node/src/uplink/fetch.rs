@@ -15,8 +15,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use wedge_shared::Digest;
-use wedge_shared::messages::{BLOB_CHUNK_SIZE, BlobChunk, BlobRequest};
+use wedge_proto::Digest;
+use wedge_proto::messages::{BLOB_CHUNK_SIZE, BlobChunk, BlobRequest};
 
 /// Chunks asked for at once.
 pub const WINDOW: u32 = 8;

@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 use wedge_pki::Credential;
-use wedge_shared::messages::{CertReply, CertRequest};
-use wedge_shared::{decode, encode, topics};
+use wedge_proto::messages::{CertReply, CertRequest};
+use wedge_proto::{decode, encode, topics};
 
 const CA_FILE: &str = "uplink-ca.crt";
 

@@ -29,12 +29,12 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wedge_shared::messages::{
+use wedge_proto::messages::{
     BlobReply, BlobRequest, DesiredState, Heartbeat, NodeEvent, Offline, StatusMessage,
     TelemetryAck, TelemetryBatch,
 };
-use wedge_shared::topics::{self, NodeTopic};
-use wedge_shared::{MAX_MESSAGE_SIZE, decode, encode};
+use wedge_proto::topics::{self, NodeTopic};
+use wedge_proto::{MAX_MESSAGE_SIZE, decode, encode};
 
 /// What the session hands the agent.
 #[derive(Debug)]
@@ -431,7 +431,7 @@ impl Renewal {
                 return;
             }
         };
-        let request = encode(&wedge_shared::messages::CertRequest { csr, token: None });
+        let request = encode(&wedge_proto::messages::CertRequest { csr, token: None });
         if client
             .try_publish(
                 NodeTopic::CertRequest.for_node(node),
@@ -453,7 +453,7 @@ impl Renewal {
         data_dir: &std::path::Path,
         payload: &[u8],
     ) -> Option<Arc<rustls::ClientConfig>> {
-        use wedge_shared::messages::CertReply;
+        use wedge_proto::messages::CertReply;
         let key = self.pending_key.take()?;
         match decode::<CertReply>(payload) {
             Ok(CertReply::Issued { certificate, ca }) => {

@@ -136,7 +136,7 @@ pub async fn run(
             _ = buffer.appended() => {}
             _ = check.tick() => {
                 if let Some(ttl) = ttl {
-                    let now_ms = wedge_shared::now_ms();
+                    let now_ms = wedge_proto::now_ms();
                     match buffer.expire(now_ms.saturating_sub(ttl.as_millis() as u64)) {
                         Ok(0) => {}
                         Ok(n) => tracing::warn!(expired = n, "undelivered telemetry expired"),

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use rumqttd::gate::{BoxFuture, Session, refused};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{Packet, Protocol};
-use wedge_shared::topics::{self, NodeTopic};
+use wedge_proto::topics::{self, NodeTopic};
 
 const NODE: &str = "edge-1";
 /// The control plane's default `mqtt_max_payload`, so large packets are parsed too.

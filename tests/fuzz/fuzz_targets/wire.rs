@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|input: &[u8]| {
-    wedge_shared::wire_check::check(input);
+    wedge_proto::wire_check::check(input);
 });

@@ -48,11 +48,11 @@ async fn main() -> ExitCode {
         match duration {
             Some(d) => {
                 tokio::select! {
-                    _ = wedge_shared::process::shutdown_signal() => {}
+                    _ = wedge_service::process::shutdown_signal() => {}
                     _ = tokio::time::sleep(d) => {}
                 }
             }
-            None => wedge_shared::process::shutdown_signal().await,
+            None => wedge_service::process::shutdown_signal().await,
         }
         on_signal.cancel();
     });

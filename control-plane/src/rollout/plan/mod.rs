@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use wedge_shared::messages::ModuleState;
+use wedge_proto::messages::ModuleState;
 
 use crate::model::Strategy;
 pub use crate::model::rollout::{HISTORY, NodeProgress, NodeState, Outcome, Phase, Rollout};

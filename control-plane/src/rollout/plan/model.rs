@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use wedge_shared::messages::ModuleState;
+use wedge_proto::messages::ModuleState;
 
 use super::tests::strategy;
 use super::*;

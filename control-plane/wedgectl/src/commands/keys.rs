@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, anyhow, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use wedge_shared::signing::{format_public_key, public_key};
+use wedge_proto::signing::{format_public_key, public_key};
 
 use crate::{Failure, Result};
 

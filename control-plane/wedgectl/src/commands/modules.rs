@@ -22,13 +22,13 @@ pub async fn push(
     let signature = match sign_key {
         Some(key) => {
             let seed = super::keys::read_seed(key).map_err(Failure::Input)?;
-            let digest = wedge_shared::Digest::of(&wasm);
-            let module = wedge_shared::signing::Signed {
+            let digest = wedge_proto::Digest::of(&wasm);
+            let module = wedge_proto::signing::Signed {
                 name,
                 version,
                 digest: &digest,
             };
-            Some(wedge_shared::signing::ModuleSignature::sign(&seed, module).to_header())
+            Some(wedge_proto::signing::ModuleSignature::sign(&seed, module).to_header())
         }
         None => None,
     };

@@ -9,7 +9,7 @@ use crate::client::{Client, segment};
 use crate::output::{self, Format, age, text};
 use crate::{Failure, Result};
 
-pub use wedge_shared::messages::LOG_STREAM;
+pub use wedge_proto::messages::LOG_STREAM;
 
 const POLL: Duration = Duration::from_secs(1);
 const PAGE: usize = 1000;

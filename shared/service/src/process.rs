@@ -1,5 +1,5 @@
-//! Process plumbing both binaries share (feature `process`): tracing output and shutdown
-//! signals. Not part of the protocol; kept here so the two `main`s do not repeat it.
+//! Process plumbing both binaries share: tracing output, log levels and their reload,
+//! shutdown signals, systemd readiness and watchdog, the service lifecycle ([`run_service`]).
 
 use std::sync::OnceLock;
 
