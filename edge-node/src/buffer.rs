@@ -27,7 +27,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use wedge_proto::messages::{TelemetryBatch, TelemetryRecord};
-use wedge_proto::topics::validate_id;
 
 /// Largest payload of one record.
 pub const MAX_RECORD_PAYLOAD: usize = 64 * 1024;
@@ -223,7 +222,7 @@ impl Buffer {
         }
         // The node's own `$log` stream is the one name outside the id alphabet (modules
         // cannot emit on it: the host refuses `$` streams before they get here).
-        if validate_id(stream).is_err() && stream != wedge_proto::messages::LOG_STREAM {
+        if !wedge_proto::rules::is_stored_stream(stream) {
             return Err(Error::BadStream(stream.to_string()));
         }
         // One lock orders sequence numbers with their writes.

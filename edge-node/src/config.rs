@@ -102,9 +102,6 @@ impl Config {
     }
 }
 
-/// Smallest memory limit a module may have: a Rust guest starts at ~1.1 MB.
-pub const MIN_MEMORY_BYTES: u64 = 2 * 1024 * 1024;
-
 /// Default limits for every module instance.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -233,15 +230,16 @@ impl Config {
         if self.heartbeat_interval_secs == 0 || self.keep_alive_secs == 0 {
             bail!("heartbeat_interval_secs and keep_alive_secs must be at least 1");
         }
-        // A Rust guest starts at ~1.1 MB of linear memory.
-        if self.limits.memory_bytes < MIN_MEMORY_BYTES {
-            bail!("limits.memory_bytes must be at least 2 MiB");
-        }
-        if self.limits.publish_per_sec == 0 || self.buffer_bytes < 1024 * 1024 {
-            bail!("limits.publish_per_sec must be positive and buffer_bytes at least 1 MiB");
-        }
-        if self.limits.call_timeout_ms < 10 || self.limits.queue == 0 {
-            bail!("limits.call_timeout_ms must be at least 10 and limits.queue positive");
+        // The floors every module limit has (wedge_proto::rules), node defaults included.
+        let limits = wedge_proto::messages::Limits {
+            memory_bytes: Some(self.limits.memory_bytes),
+            call_timeout_ms: Some(self.limits.call_timeout_ms),
+            kv_bytes: Some(self.limits.kv_bytes),
+            publish_per_sec: Some(self.limits.publish_per_sec),
+        };
+        limits.validate().map_err(anyhow::Error::msg)?;
+        if self.buffer_bytes < 1024 * 1024 || self.limits.queue == 0 {
+            bail!("buffer_bytes must be at least 1 MiB and limits.queue positive");
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ pub mod digest;
 pub mod envelope;
 pub mod messages;
 pub mod mqtt_url;
+pub mod rules;
 pub mod signing;
 pub mod topics;
 #[doc(hidden)]

@@ -12,6 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use wedge_proto::Digest;
 use wedge_proto::messages::Limits;
+use wedge_proto::rules;
 use wedge_proto::topics::{validate_filter, validate_id};
 
 use super::AppState;
@@ -377,9 +378,6 @@ fn resolve_module(state: &AppState, reference: &str) -> Result<ModuleRecord, Api
     })
 }
 
-/// Smallest memory limit a deployment may set.
-const MIN_MEMORY_BYTES: u64 = 2 * 1024 * 1024;
-
 /// Checks a request on its own (no store needed): names, filters, prefixes, limits, strategy,
 /// target. Public for the fuzz target `deployment` (tests/fuzz).
 pub fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
@@ -389,34 +387,19 @@ pub fn validate(req: &DeploymentRequest) -> Result<Target, ApiError> {
             .map_err(|e| ApiError::bad_request(format!("subscription {filter:?}: {e}")))?;
     }
     for prefix in &req.publish_prefixes {
-        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with("wedge/") {
-            return Err(ApiError::bad_request(format!(
-                "publish prefix {prefix:?}: must be non-empty, without wildcards, outside wedge/"
-            )));
-        }
+        rules::check_publish_prefix(prefix).map_err(ApiError::bad_request)?;
     }
-    if req.tick_ms.is_some_and(|t| t < 10) {
-        return Err(ApiError::bad_request("tick_ms must be at least 10"));
+    if req.tick_ms.is_some_and(|t| t < rules::MIN_TICK_MS) {
+        return Err(ApiError::bad_request(format!(
+            "tick_ms must be at least {}",
+            rules::MIN_TICK_MS
+        )));
     }
     if let Some(strategy) = &req.strategy {
         strategy.validate().map_err(ApiError::bad_request)?;
     }
     if let Some(l) = &req.limits {
-        if l.memory_bytes.is_some_and(|m| m < MIN_MEMORY_BYTES) {
-            return Err(ApiError::bad_request(format!(
-                "limits.memory_bytes must be at least {MIN_MEMORY_BYTES} (a Rust module starts at ~1.1 MB)"
-            )));
-        }
-        if l.call_timeout_ms.is_some_and(|t| t < 10) {
-            return Err(ApiError::bad_request(
-                "limits.call_timeout_ms must be at least 10",
-            ));
-        }
-        if l.publish_per_sec == Some(0) {
-            return Err(ApiError::bad_request(
-                "limits.publish_per_sec must be positive",
-            ));
-        }
+        Limits::from(l).validate().map_err(ApiError::bad_request)?;
     }
     match (&req.nodes, &req.selector) {
         (Some(_), Some(_)) => Err(ApiError::bad_request(

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use wedge_broker::LocalPublisher;
 use wedge_proto::messages::ModuleSpec;
+use wedge_proto::rules::{MIN_CALL_TIMEOUT_MS, MIN_MEMORY_BYTES, MIN_TICK_MS};
 use wedge_proto::signing::{self, Covers, Signed};
 
 use super::NodeProfile;
 use crate::buffer::Buffer;
-use crate::config::MIN_MEMORY_BYTES;
 use crate::events::EventSink;
 use crate::runtime::{HostContext, Instance, InstanceConfig, Runtime};
 use crate::store::Store;
@@ -172,9 +172,11 @@ fn instance_config(profile: &NodeProfile, spec: &ModuleSpec) -> Result<InstanceC
             spec.limits
                 .call_timeout_ms
                 .unwrap_or(defaults.call_timeout_ms)
-                .max(10),
+                .max(MIN_CALL_TIMEOUT_MS),
         ),
         queue: defaults.queue,
-        tick: spec.tick_ms.map(|ms| Duration::from_millis(ms.max(10))),
+        tick: spec
+            .tick_ms
+            .map(|ms| Duration::from_millis(ms.max(MIN_TICK_MS))),
     })
 }

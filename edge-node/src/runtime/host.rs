@@ -21,8 +21,6 @@ use crate::buffer::Buffer;
 use crate::events::EventSink;
 use crate::store::Kv;
 
-/// Topics under these prefixes are the node's own; modules may not publish there.
-const RESERVED_PREFIXES: &[&str] = &["wedge/", "$"];
 /// Log lines a module may write per second, and in a burst.
 const LOG_RATE: u32 = 20;
 const LOG_BURST: u32 = 100;
@@ -139,7 +137,7 @@ fn under_prefix(prefix: &str, topic: &str) -> bool {
 
 pub fn topic_allowed(prefixes: &[String], topic: &str) -> Result<(), String> {
     validate_topic(topic).map_err(|e| format!("topic {topic:?}: {e}"))?;
-    if RESERVED_PREFIXES.iter().any(|p| topic.starts_with(p)) {
+    if wedge_proto::rules::is_reserved_topic(topic) {
         return Err(format!("topic {topic:?} is reserved for the node"));
     }
     if !prefixes.is_empty() && !prefixes.iter().any(|p| under_prefix(p, topic)) {
@@ -177,7 +175,7 @@ impl Host for HostState {
     }
 
     fn emit(&mut self, stream: String, payload: Vec<u8>) -> Result<(), String> {
-        if stream.starts_with('$') {
+        if !wedge_proto::rules::is_module_stream(&stream) && stream.starts_with('$') {
             return Err(format!(
                 "stream {stream:?}: names starting with $ are reserved"
             ));
