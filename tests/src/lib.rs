@@ -1,4 +1,4 @@
-//! # wedge-tests — harness for end-to-end tests, benchmarks and the demo
+//! # wedge-tests — harness for end-to-end tests, benchmarks and the demo (`deploy/demo`)
 //!
 //! Starts real control planes and edge nodes in-process, each with its own embedded
 //! broker on an ephemeral port and its own store in a temporary directory, and talks to
@@ -16,7 +16,6 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-pub mod demo;
 pub mod mosquitto;
 pub mod process;
 pub mod proxy;

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use wedge_tests::demo::Event;
+use wedge_demo::Event;
 use wedge_tests::{Api, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -54,8 +54,8 @@ async fn browser_check(script: &str, args: Vec<String>) -> anyhow::Result<()> {
 async fn the_dashboard_shows_a_live_fleet_in_a_browser() -> anyhow::Result<()> {
     let (events, mut seen) = tokio::sync::mpsc::channel(64);
     let stop = tokio_util::sync::CancellationToken::new();
-    let demo = tokio::spawn(wedge_tests::demo::run(
-        wedge_tests::demo::Options::ephemeral(Duration::from_millis(100), Duration::from_secs(2)),
+    let demo = tokio::spawn(wedge_demo::run(
+        wedge_demo::Options::ephemeral(Duration::from_millis(100), Duration::from_secs(2)),
         events,
         stop.clone(),
     ));

@@ -223,11 +223,11 @@ async fn api_refuses_bad_input_clearly() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_alerts_and_rolls_out_with_a_canary() -> anyhow::Result<()> {
-    use wedge_tests::demo::Event;
+    use wedge_demo::Event;
     let (events, mut seen) = tokio::sync::mpsc::channel(64);
     let stop = tokio_util::sync::CancellationToken::new();
-    let demo = tokio::spawn(wedge_tests::demo::run(
-        wedge_tests::demo::Options::ephemeral(Duration::from_millis(20), Duration::from_secs(1)),
+    let demo = tokio::spawn(wedge_demo::run(
+        wedge_demo::Options::ephemeral(Duration::from_millis(20), Duration::from_secs(1)),
         events,
         stop.clone(),
     ));

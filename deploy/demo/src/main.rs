@@ -58,14 +58,14 @@ async fn main() -> ExitCode {
     });
     let (alerts, mut seen) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move { while seen.recv().await.is_some() {} });
-    let options = wedge_tests::demo::Options {
+    let options = wedge_demo::Options {
         api_listen: cli.api_listen,
         control_mqtt_listen: cli.control_mqtt_listen,
         node_mqtt_listen: cli.node_mqtt_listen,
         interval: Duration::from_millis(cli.interval_ms.max(10)),
         bake: Duration::from_secs(cli.bake_secs.max(1)),
     };
-    match wedge_tests::demo::run(options, alerts, stop).await {
+    match wedge_demo::run(options, alerts, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wedge-demo: {e:#}");

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ControlPlane, Device, Node};
+use wedge_tests::{ControlPlane, Device, Node};
 
 /// Where the demo listens.
 #[derive(Debug, Clone)]
@@ -232,8 +232,8 @@ fn print_banner(base: &str, nodes: &[Node], interval: Duration, bake: u64) {
     }
     println!(
         "  Devices        : ANONYMOUS access ON for the demo (also user {} / password {})",
-        crate::DEVICE_USER,
-        crate::DEVICE_PASSWORD
+        wedge_tests::DEVICE_USER,
+        wedge_tests::DEVICE_PASSWORD
     );
     println!(
         "  Uplink         : TLS; each node enrolled with a bootstrap token and has its own certificate"
