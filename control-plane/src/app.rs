@@ -52,62 +52,9 @@ impl App {
         let fleet = Arc::new(Fleet::load(store.clone()).context("cannot load the node registry")?);
 
         let external = config.external_broker()?;
-        let identity = if let Some(url) = &external {
-            tracing::warn!(
-                broker = %format!("{}:{}", url.host, url.port),
-                "using an external MQTT broker: node certificates, enrollment and topic \
-                 confinement are off; the broker's own access rules must confine nodes \
-                 (deploy/mosquitto/)"
-            );
-            None
-        } else if config.tls.enabled {
-            let names = server_names(&config, config.mqtt_listen);
-            let identity = NodeIdentities::load(crate::identity::Settings {
-                data_dir: config.data_dir.clone(),
-                broker_names: names,
-                node_cert_lifetime: Duration::from_secs(config.tls.node_cert_lifetime_secs),
-            })
-            .context("cannot set up node identity (TLS)")?;
-            tracing::info!(
-                ca_sha256 = identity.ca_sha256(),
-                "broker speaks TLS; nodes pin this CA hash (uplink.ca_sha256)"
-            );
-            Some(identity)
-        } else {
-            tracing::warn!(
-                "BROKER TLS IS OFF: any client that reaches the MQTT port can act as any node"
-            );
-            None
-        };
-
-        let (connect_host, mqtt_addr) = match &external {
-            Some(url) => {
-                let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
-                    .await
-                    .ok()
-                    .and_then(|mut addrs| addrs.next())
-                    .with_context(|| format!("cannot resolve the MQTT broker {}", url.host))?;
-                (url.host.clone(), addr)
-            }
-            None => {
-                let mut broker_cfg = wedge_broker::Config::new(config.mqtt_listen);
-                broker_cfg.gate = identity.as_ref().map(|i| i.gate());
-                broker_cfg.max_payload_size = config.mqtt_max_payload;
-                broker_cfg.max_connections = 20_000;
-                broker_cfg.segment_size = 4 * config.mqtt_max_payload;
-                let broker =
-                    tokio::task::spawn_blocking(move || EmbeddedBroker::start(&broker_cfg))
-                        .await?
-                        .context("cannot start the embedded MQTT broker")?;
-                let addr = broker.local_addr();
-                let host = if addr.ip().is_unspecified() {
-                    "127.0.0.1".to_string()
-                } else {
-                    addr.ip().to_string()
-                };
-                (host, addr)
-            }
-        };
+        let identity = node_identities(&config, external.as_ref())?;
+        let (connect_host, mqtt_addr) =
+            broker(&config, external.as_ref(), identity.as_ref()).await?;
 
         let tls = match &identity {
             Some(identity) => Some(identity.service_client_config()?),
@@ -162,23 +109,7 @@ impl App {
         tracker.spawn(sweep(fleet.clone(), tunables_rx.clone(), shutdown.clone()));
         tracker.spawn(retention(store.clone(), tunables_rx, shutdown.clone()));
 
-        let tokens = if config.auth.enabled {
-            let tokens = crate::auth::ApiTokens::load(&config.data_dir)
-                .context("cannot read the API tokens")?;
-            if tokens.count() == 0 {
-                tracing::warn!(
-                    "no API tokens yet: every API request is refused until you create one with \
-                     `wedge-control token create --name NAME --role operator`"
-                );
-            }
-            Some(tokens)
-        } else {
-            tracing::warn!(
-                "API AUTHENTICATION IS OFF: anyone who reaches {} can deploy code to every node",
-                api_addr
-            );
-            None
-        };
+        let tokens = api_tokens(&config, api_addr)?;
         let guard = Arc::new(api::auth::Guard::new(
             tokens,
             config.auth.rate_per_sec,
@@ -216,6 +147,102 @@ impl App {
             store,
             identity,
         })
+    }
+}
+
+/// The node identities (CA, enrollment, revocation) when the embedded broker speaks TLS;
+/// none with an external broker or with TLS off (both logged as warnings).
+fn node_identities(
+    config: &Config,
+    external: Option<&wedge_proto::mqtt_url::MqttUrl>,
+) -> anyhow::Result<Option<Arc<NodeIdentities>>> {
+    if let Some(url) = external {
+        tracing::warn!(
+            broker = %format!("{}:{}", url.host, url.port),
+            "using an external MQTT broker: node certificates, enrollment and topic \
+             confinement are off; the broker's own access rules must confine nodes \
+             (deploy/mosquitto/)"
+        );
+        Ok(None)
+    } else if config.tls.enabled {
+        let names = server_names(config, config.mqtt_listen);
+        let identity = NodeIdentities::load(crate::identity::Settings {
+            data_dir: config.data_dir.clone(),
+            broker_names: names,
+            node_cert_lifetime: Duration::from_secs(config.tls.node_cert_lifetime_secs),
+        })
+        .context("cannot set up node identity (TLS)")?;
+        tracing::info!(
+            ca_sha256 = identity.ca_sha256(),
+            "broker speaks TLS; nodes pin this CA hash (uplink.ca_sha256)"
+        );
+        Ok(Some(identity))
+    } else {
+        tracing::warn!(
+            "BROKER TLS IS OFF: any client that reaches the MQTT port can act as any node"
+        );
+        Ok(None)
+    }
+}
+
+/// The broker the node link connects to: the external one, resolved, or the embedded one,
+/// started behind the identities' gate. Returns the host to connect to and its address.
+async fn broker(
+    config: &Config,
+    external: Option<&wedge_proto::mqtt_url::MqttUrl>,
+    identity: Option<&Arc<NodeIdentities>>,
+) -> anyhow::Result<(String, SocketAddr)> {
+    let found = match external {
+        Some(url) => {
+            let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .with_context(|| format!("cannot resolve the MQTT broker {}", url.host))?;
+            (url.host.clone(), addr)
+        }
+        None => {
+            let mut broker_cfg = wedge_broker::Config::new(config.mqtt_listen);
+            broker_cfg.gate = identity.as_ref().map(|i| i.gate());
+            broker_cfg.max_payload_size = config.mqtt_max_payload;
+            broker_cfg.max_connections = 20_000;
+            broker_cfg.segment_size = 4 * config.mqtt_max_payload;
+            let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(&broker_cfg))
+                .await?
+                .context("cannot start the embedded MQTT broker")?;
+            let addr = broker.local_addr();
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                addr.ip().to_string()
+            };
+            (host, addr)
+        }
+    };
+    Ok(found)
+}
+
+/// The API tokens the guard checks; none with `[auth] enabled = false` (logged).
+fn api_tokens(
+    config: &Config,
+    api_addr: SocketAddr,
+) -> anyhow::Result<Option<crate::auth::ApiTokens>> {
+    if config.auth.enabled {
+        let tokens =
+            crate::auth::ApiTokens::load(&config.data_dir).context("cannot read the API tokens")?;
+        if tokens.count() == 0 {
+            tracing::warn!(
+                "no API tokens yet: every API request is refused until you create one with \
+                 `wedge-control token create --name NAME --role operator`"
+            );
+        }
+        Ok(Some(tokens))
+    } else {
+        tracing::warn!(
+            "API AUTHENTICATION IS OFF: anyone who reaches {} can deploy code to every node",
+            api_addr
+        );
+        Ok(None)
     }
 }
 

@@ -211,98 +211,42 @@ impl Fleet {
     /// Records a heartbeat. A `live` one marks the node online; a retained one (replayed
     /// by the broker when we subscribe) only refreshes what it runs.
     pub fn heartbeat(&self, hb: Heartbeat, live: bool, now_ms: u64) -> store::Result<Seen> {
-        let now_problems = problems(&hb);
-        let mut came_online = false;
-        let mut health_change = None;
-        let persist;
-        let (record, seen) = {
+        let node = hb.node_id.clone();
+        let (change, seen) = {
             let mut nodes = self.write();
-            let seen;
-            let record = match nodes.get_mut(&hb.node_id) {
+            let (record, seen) = match nodes.get_mut(&node) {
                 Some(e) => {
-                    seen = Seen {
-                        new: false,
-                        labels_changed: e.record.labels != hb.labels,
-                    };
-                    e.change()
+                    let labels_changed = e.record.labels != hb.labels;
+                    (
+                        e.change(),
+                        Seen {
+                            new: false,
+                            labels_changed,
+                        },
+                    )
                 }
                 None => {
-                    seen = Seen {
-                        new: true,
-                        labels_changed: true,
-                    };
-                    &mut nodes
-                        .entry(hb.node_id.clone())
-                        .or_insert(Entry::new(NodeRecord {
-                            id: hb.node_id.clone(),
-                            liveness: Liveness::Offline,
-                            reason: Some("never heard from live".into()),
-                            since_ms: now_ms,
-                            first_seen_ms: now_ms,
-                            last_seen_ms: 0,
-                            labels: BTreeMap::new(),
-                            arch: String::new(),
-                            version: String::new(),
-                            desired_generation: 0,
-                            applied_generation: 0,
-                            modules: Vec::new(),
-                            buffer: Default::default(),
-                            resources: Default::default(),
-                            problems: Vec::new(),
-                            problems_since_ms: now_ms,
-                        }))
-                        .record
+                    let entry = nodes
+                        .entry(node.clone())
+                        .or_insert(Entry::new(unheard(&node, now_ms)));
+                    (
+                        &mut entry.record,
+                        Seen {
+                            new: true,
+                            labels_changed: true,
+                        },
+                    )
                 }
             };
-            if live {
-                if record.liveness != Liveness::Online {
-                    came_online = true;
-                    record.liveness = Liveness::Online;
-                    record.reason = None;
-                    record.since_ms = now_ms;
-                }
-                record.last_seen_ms = now_ms;
-            }
-            // Only `last_seen` moving is not worth a write: an idle fleet's heartbeats stay
-            // in memory (after a restart, nodes are heard again within an interval).
-            persist = came_online
-                || record.labels != hb.labels
-                || record.arch != hb.arch
-                || record.version != hb.version
-                || record.desired_generation != hb.desired_generation
-                || record.applied_generation != hb.applied_generation
-                || record.modules != hb.modules
-                || record.buffer != hb.buffer
-                || record.problems != now_problems;
-            record.labels = hb.labels;
-            record.arch = hb.arch;
-            record.version = hb.version;
-            record.desired_generation = hb.desired_generation;
-            record.applied_generation = hb.applied_generation;
-            if live && now_problems.is_empty() != record.problems.is_empty() {
-                record.problems_since_ms = now_ms;
-                health_change = Some(if now_problems.is_empty() {
-                    FleetEvent::Recovered
-                } else {
-                    FleetEvent::Degraded {
-                        problems: now_problems.clone(),
-                    }
-                });
-            }
-            record.problems = now_problems;
-            record.modules = hb.modules;
-            record.buffer = hb.buffer;
-            // Not a reason to write on its own: it moves with every heartbeat.
-            record.resources = hb.resources;
-            (persist.then(|| record.clone()), seen)
+            (apply(record, hb, live, now_ms), seen)
         };
-        if came_online {
-            self.record(&hb.node_id, now_ms, FleetEvent::Online);
+        if change.came_online {
+            self.record(&node, now_ms, FleetEvent::Online);
         }
-        if let Some(event) = health_change {
-            self.record(&hb.node_id, now_ms, event);
+        if let Some(event) = change.health {
+            self.record(&node, now_ms, event);
         }
-        if let Some(record) = record {
+        if let Some(record) = change.persist {
             self.store.put_node(&record)?;
         }
         Ok(seen)
@@ -387,6 +331,87 @@ impl Fleet {
             .map(|e| e.rendered.get_or_init(|| render(&e.record).into()).clone())
             .collect()
     }
+}
+
+/// A node seen for the first time, before any live heartbeat.
+fn unheard(id: &str, now_ms: u64) -> NodeRecord {
+    NodeRecord {
+        id: id.to_string(),
+        liveness: Liveness::Offline,
+        reason: Some("never heard from live".into()),
+        since_ms: now_ms,
+        first_seen_ms: now_ms,
+        last_seen_ms: 0,
+        labels: BTreeMap::new(),
+        arch: String::new(),
+        version: String::new(),
+        desired_generation: 0,
+        applied_generation: 0,
+        modules: Vec::new(),
+        buffer: Default::default(),
+        resources: Default::default(),
+        problems: Vec::new(),
+        problems_since_ms: now_ms,
+    }
+}
+
+/// What a heartbeat changed in a node's record.
+#[derive(Debug, Default)]
+struct Change {
+    came_online: bool,
+    /// Degraded or recovered (live heartbeats only).
+    health: Option<FleetEvent>,
+    /// The record to save, when something worth a write changed.
+    persist: Option<NodeRecord>,
+}
+
+/// Applies heartbeat `hb` to `record`. A `live` one marks the node online; a retained one
+/// only refreshes what it runs.
+fn apply(record: &mut NodeRecord, hb: Heartbeat, live: bool, now_ms: u64) -> Change {
+    let now_problems = problems(&hb);
+    let mut change = Change::default();
+    if live {
+        if record.liveness != Liveness::Online {
+            change.came_online = true;
+            record.liveness = Liveness::Online;
+            record.reason = None;
+            record.since_ms = now_ms;
+        }
+        record.last_seen_ms = now_ms;
+    }
+    // Only `last_seen` moving is not worth a write: an idle fleet's heartbeats stay in
+    // memory (after a restart, nodes are heard again within an interval).
+    let persist = change.came_online
+        || record.labels != hb.labels
+        || record.arch != hb.arch
+        || record.version != hb.version
+        || record.desired_generation != hb.desired_generation
+        || record.applied_generation != hb.applied_generation
+        || record.modules != hb.modules
+        || record.buffer != hb.buffer
+        || record.problems != now_problems;
+    if live && now_problems.is_empty() != record.problems.is_empty() {
+        record.problems_since_ms = now_ms;
+        change.health = Some(if now_problems.is_empty() {
+            FleetEvent::Recovered
+        } else {
+            FleetEvent::Degraded {
+                problems: now_problems.clone(),
+            }
+        });
+    }
+    record.labels = hb.labels;
+    record.arch = hb.arch;
+    record.version = hb.version;
+    record.desired_generation = hb.desired_generation;
+    record.applied_generation = hb.applied_generation;
+    record.problems = now_problems;
+    record.modules = hb.modules;
+    record.buffer = hb.buffer;
+    // Not a reason to write on its own: it moves with every heartbeat.
+    record.resources = hb.resources;
+    change.persist = persist.then(|| record.clone());
+    change
 }
 
 #[cfg(test)]

@@ -48,22 +48,7 @@ impl App {
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         // First, before anything is open: a node that has never enrolled has nothing to run
         // yet, and a signal during enrollment then simply ends the process.
-        let tls = if config.uplink_tls() {
-            Some(
-                uplink::identity::load_or_enroll(
-                    &config.node_id,
-                    &config.data_dir,
-                    &cp_host,
-                    cp_port,
-                    config.enroll_token.as_deref(),
-                    config.ca_sha256.as_deref(),
-                )
-                .await?,
-            )
-        } else {
-            tracing::warn!("the uplink is plain MQTT (mqtt://): no TLS, no node certificate");
-            None
-        };
+        let tls = uplink_tls(&config, &cp_host, cp_port).await?;
         let http = crate::http::bind(config.http_listen).await?;
         let http_addr = http.local_addr()?;
         let store =
@@ -72,22 +57,7 @@ impl App {
                     format!("cannot open the store in {}", config.data_dir.display())
                 })?;
 
-        let mut broker_cfg = wedge_broker::Config::new(config.local_mqtt_listen);
-        let devices = crate::devices::DeviceGate::new(&config.devices)
-            .context("cannot set up device access to the local broker")?;
-        let local_tls = devices.tls();
-        broker_cfg.gate = Some(std::sync::Arc::new(crate::devices::SharedDeviceGate(
-            devices,
-        )));
-        let link_id = wedge_proto::topics::node_link_client_id(&config.node_id);
-        let (broker, publisher, receiver) = tokio::task::spawn_blocking(move || {
-            EmbeddedBroker::start_with_link(&broker_cfg, &link_id)
-        })
-        .await?
-        .context("cannot start the local MQTT broker")?;
-        publisher
-            .subscribe("#")
-            .context("cannot subscribe to the local broker")?;
+        let (broker, publisher, receiver, local_tls) = local_broker(&config).await?;
         let local_mqtt_addr = broker.local_addr();
         let broker = std::sync::Arc::new(broker);
 
@@ -114,15 +84,7 @@ impl App {
         ));
         let (tunables, tunables_rx) = tokio::sync::watch::channel(config.clone());
         let mut agent = Agent::new(
-            NodeProfile {
-                node_id: config.node_id.clone(),
-                labels: config.labels.clone(),
-                heartbeat_interval: config.heartbeat_interval(),
-                data_dir: config.data_dir.clone(),
-                max_module_size: config.max_module_size,
-                limits: config.limits.clone(),
-                trusted_publishers: config.trusted_keys()?,
-            },
+            profile(&config)?,
             Wiring {
                 store,
                 buffer: buffer.clone(),
@@ -250,4 +212,71 @@ impl Service for Running {
     async fn wait(self) {
         Running::wait(self).await
     }
+}
+
+/// The node's TLS settings for the uplink: its certificate, enrolling first when it has
+/// none (before anything else is open: a signal during enrollment simply ends the
+/// process). None for a plain `mqtt://` uplink (logged).
+async fn uplink_tls(
+    config: &Config,
+    cp_host: &str,
+    cp_port: u16,
+) -> anyhow::Result<Option<uplink::identity::Tls>> {
+    if config.uplink_tls() {
+        Ok(Some(
+            uplink::identity::load_or_enroll(
+                &config.node_id,
+                &config.data_dir,
+                cp_host,
+                cp_port,
+                config.enroll_token.as_deref(),
+                config.ca_sha256.as_deref(),
+            )
+            .await?,
+        ))
+    } else {
+        tracing::warn!("the uplink is plain MQTT (mqtt://): no TLS, no node certificate");
+        Ok(None)
+    }
+}
+
+/// The local broker behind the device gate, with the in-process link the router reads
+/// (subscribed to everything). The last value says whether devices connect over TLS.
+async fn local_broker(
+    config: &Config,
+) -> anyhow::Result<(
+    EmbeddedBroker,
+    wedge_broker::LocalPublisher,
+    wedge_broker::LocalReceiver,
+    bool,
+)> {
+    let mut broker_cfg = wedge_broker::Config::new(config.local_mqtt_listen);
+    let devices = crate::devices::DeviceGate::new(&config.devices)
+        .context("cannot set up device access to the local broker")?;
+    let local_tls = devices.tls();
+    broker_cfg.gate = Some(std::sync::Arc::new(crate::devices::SharedDeviceGate(
+        devices,
+    )));
+    let link_id = wedge_proto::topics::node_link_client_id(&config.node_id);
+    let (broker, publisher, receiver) =
+        tokio::task::spawn_blocking(move || EmbeddedBroker::start_with_link(&broker_cfg, &link_id))
+            .await?
+            .context("cannot start the local MQTT broker")?;
+    publisher
+        .subscribe("#")
+        .context("cannot subscribe to the local broker")?;
+    Ok((broker, publisher, receiver, local_tls))
+}
+
+/// What the agent knows about its node, from the configuration.
+fn profile(config: &Config) -> anyhow::Result<NodeProfile> {
+    Ok(NodeProfile {
+        node_id: config.node_id.clone(),
+        labels: config.labels.clone(),
+        heartbeat_interval: config.heartbeat_interval(),
+        data_dir: config.data_dir.clone(),
+        max_module_size: config.max_module_size,
+        limits: config.limits.clone(),
+        trusted_publishers: config.trusted_keys()?,
+    })
 }

@@ -236,88 +236,10 @@ impl UplinkSession {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     backoff = Duration::from_millis(100);
-                    tracing::info!(
-                        host = self.settings.host,
-                        port = self.settings.port,
-                        "connected to the control plane"
-                    );
-                    let client = self.client.clone();
-                    let node = node.clone();
-                    // Subscribing from this task could wait on the queue this loop drains.
-                    tokio::spawn(async move {
-                        for kind in [
-                            NodeTopic::Desired,
-                            NodeTopic::BlobData,
-                            NodeTopic::TelemetryAck,
-                            NodeTopic::CertReply,
-                        ] {
-                            if let Err(e) = client
-                                .subscribe(kind.for_node(&node), QoS::AtLeastOnce)
-                                .await
-                            {
-                                tracing::warn!(error = %e, "subscribe failed");
-                            }
-                        }
-                    });
-                    self.forward(&agent, Inbound::Connected);
-                    // Acks and connection changes are small and rare; the uploader keeps up.
-                    let _ = uploads.try_send(upload::UploadEvent::Connected);
+                    self.on_connected(&agent, &uploads);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Some((to, kind)) = topics::parse(&p.topic) else {
-                        continue;
-                    };
-                    if to != node {
-                        continue;
-                    }
-                    if kind == NodeTopic::CertReply {
-                        if let Some(config) =
-                            renewal.on_reply(&node, &self.settings.data_dir, &p.payload)
-                        {
-                            self.eventloop.mqtt_options.set_transport(
-                                rumqttc::Transport::tls_with_config(
-                                    rumqttc::TlsConfiguration::Rustls(config),
-                                ),
-                            );
-                            let _ = self.client.try_disconnect();
-                        }
-                        continue;
-                    }
-                    if kind == NodeTopic::TelemetryAck {
-                        match decode::<TelemetryAck>(&p.payload) {
-                            Ok(ack) => {
-                                let _ = uploads.try_send(upload::UploadEvent::Ack {
-                                    epoch: ack.epoch,
-                                    upto: ack.upto,
-                                });
-                            }
-                            Err(e) => {
-                                self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(error = %e, "undecodable telemetry ack");
-                            }
-                        }
-                        continue;
-                    }
-                    let inbound = match kind {
-                        NodeTopic::Desired => {
-                            decode::<DesiredState>(&p.payload).map(Inbound::Desired)
-                        }
-                        NodeTopic::BlobData => decode::<BlobReply>(&p.payload).map(Inbound::Blob),
-                        NodeTopic::Status
-                        | NodeTopic::BlobRequest
-                        | NodeTopic::Events
-                        | NodeTopic::Telemetry
-                        | NodeTopic::TelemetryAck
-                        | NodeTopic::CertRequest
-                        | NodeTopic::CertReply => continue,
-                    };
-                    match inbound {
-                        Ok(m) => self.forward(&agent, m),
-                        Err(e) => {
-                            self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(topic = p.topic, error = %e, "undecodable message from the control plane");
-                        }
-                    }
+                    self.on_publish(&p, &mut renewal, &agent, &uploads);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -339,6 +261,102 @@ impl UplinkSession {
         self.counters.connected.store(false, Ordering::Relaxed);
         if connected {
             self.goodbye().await;
+        }
+    }
+
+    /// Connected: subscribe to this node's downward topics, tell the agent and the uploader.
+    fn on_connected(
+        &self,
+        agent: &mpsc::Sender<Inbound>,
+        uploads: &mpsc::Sender<upload::UploadEvent>,
+    ) {
+        let node = self.settings.node_id.clone();
+        tracing::info!(
+            host = self.settings.host,
+            port = self.settings.port,
+            "connected to the control plane"
+        );
+        let client = self.client.clone();
+        // Subscribing from this task could wait on the queue this loop drains.
+        tokio::spawn(async move {
+            for kind in [
+                NodeTopic::Desired,
+                NodeTopic::BlobData,
+                NodeTopic::TelemetryAck,
+                NodeTopic::CertReply,
+            ] {
+                if let Err(e) = client
+                    .subscribe(kind.for_node(&node), QoS::AtLeastOnce)
+                    .await
+                {
+                    tracing::warn!(error = %e, "subscribe failed");
+                }
+            }
+        });
+        self.forward(agent, Inbound::Connected);
+        // Acks and connection changes are small and rare; the uploader keeps up.
+        let _ = uploads.try_send(upload::UploadEvent::Connected);
+    }
+
+    /// A message from the control plane: a certificate reply (renewal), a telemetry
+    /// acknowledgement (the uploader's), or a desired state or blob chunk (the agent's).
+    fn on_publish(
+        &mut self,
+        p: &rumqttc::Publish,
+        renewal: &mut Renewal,
+        agent: &mpsc::Sender<Inbound>,
+        uploads: &mpsc::Sender<upload::UploadEvent>,
+    ) {
+        let node = self.settings.node_id.clone();
+        let Some((to, kind)) = topics::parse(&p.topic) else {
+            return;
+        };
+        if to != node {
+            return;
+        }
+        if kind == NodeTopic::CertReply {
+            if let Some(config) = renewal.on_reply(&node, &self.settings.data_dir, &p.payload) {
+                self.eventloop
+                    .mqtt_options
+                    .set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(config),
+                    ));
+                let _ = self.client.try_disconnect();
+            }
+            return;
+        }
+        if kind == NodeTopic::TelemetryAck {
+            match decode::<TelemetryAck>(&p.payload) {
+                Ok(ack) => {
+                    let _ = uploads.try_send(upload::UploadEvent::Ack {
+                        epoch: ack.epoch,
+                        upto: ack.upto,
+                    });
+                }
+                Err(e) => {
+                    self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "undecodable telemetry ack");
+                }
+            }
+            return;
+        }
+        let inbound = match kind {
+            NodeTopic::Desired => decode::<DesiredState>(&p.payload).map(Inbound::Desired),
+            NodeTopic::BlobData => decode::<BlobReply>(&p.payload).map(Inbound::Blob),
+            NodeTopic::Status
+            | NodeTopic::BlobRequest
+            | NodeTopic::Events
+            | NodeTopic::Telemetry
+            | NodeTopic::TelemetryAck
+            | NodeTopic::CertRequest
+            | NodeTopic::CertReply => return,
+        };
+        match inbound {
+            Ok(m) => self.forward(agent, m),
+            Err(e) => {
+                self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic = p.topic, error = %e, "undecodable message from the control plane");
+            }
         }
     }
 
