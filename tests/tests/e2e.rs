@@ -11,6 +11,7 @@ mod deploy;
 mod devices;
 mod fault;
 mod identity;
+mod layers;
 mod metrics;
 mod modules;
 mod mosquitto;
