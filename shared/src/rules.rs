@@ -43,9 +43,9 @@ pub fn is_stored_stream(stream: &str) -> bool {
     validate_id(stream).is_ok() || stream == LOG_STREAM
 }
 
-/// Whether a module may emit on `stream`.
-pub fn is_module_stream(stream: &str) -> bool {
-    validate_id(stream).is_ok()
+/// Whether `stream` is reserved for the node itself (a module may not emit on it).
+pub fn is_reserved_stream(stream: &str) -> bool {
+    stream.starts_with('$')
 }
 
 impl Limits {
@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn streams_and_limits() {
         assert!(is_stored_stream("temperature") && is_stored_stream(LOG_STREAM));
-        assert!(!is_module_stream(LOG_STREAM) && !is_stored_stream("$other"));
+        assert!(is_reserved_stream(LOG_STREAM) && !is_stored_stream("$other"));
         assert!(Limits::default().validate().is_ok());
         let low = |memory_bytes, call_timeout_ms, publish_per_sec| Limits {
             memory_bytes,

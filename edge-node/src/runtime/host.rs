@@ -175,7 +175,7 @@ impl Host for HostState {
     }
 
     fn emit(&mut self, stream: String, payload: Vec<u8>) -> Result<(), String> {
-        if !wedge_proto::rules::is_module_stream(&stream) && stream.starts_with('$') {
+        if wedge_proto::rules::is_reserved_stream(&stream) {
             return Err(format!(
                 "stream {stream:?}: names starting with $ are reserved"
             ));
