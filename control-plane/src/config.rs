@@ -175,7 +175,8 @@ impl Default for Config {
             mqtt_broker_username: None,
             mqtt_broker_password_file: None,
             heartbeat_timeout_secs: 15,
-            max_module_size: 16 * 1024 * 1024,
+            // A componentize-py module is 18.4 MB, a componentize-js one 12 MB.
+            max_module_size: 64 * 1024 * 1024,
             mqtt_max_payload: 1024 * 1024,
             telemetry_retention_secs: 7 * 24 * 3600,
             telemetry_max_bytes: 1024 * 1024 * 1024,

@@ -41,6 +41,9 @@ struct Cli {
     /// File with the external broker's password.
     #[arg(long, env = "WEDGE_MQTT_BROKER_PASSWORD_FILE")]
     mqtt_broker_password_file: Option<PathBuf>,
+    /// Largest module `POST /api/v1/modules` accepts, bytes [default: 67108864].
+    #[arg(long, env = "WEDGE_MAX_MODULE_SIZE")]
+    max_module_size: Option<usize>,
     /// Log filter, e.g. `info` or `warn,wedge=debug` [default: info]; `RUST_LOG` wins.
     #[arg(long, env = "WEDGE_LOG_LEVEL")]
     log_level: Option<String>,
@@ -161,6 +164,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
         .filter(|v| !v.as_os_str().is_empty())
     {
         config.mqtt_broker_password_file = Some(v.clone());
+    }
+    if let Some(v) = cli.max_module_size {
+        config.max_module_size = v;
     }
     if let Some(v) = &cli.log_level {
         config.log_level = Some(v.clone());

@@ -102,6 +102,10 @@ impl Config {
     }
 }
 
+/// Default `max_module_size` on both sides: a componentize-py module is 18.4 MB, a
+/// componentize-js one 12 MB.
+pub const DEFAULT_MAX_MODULE_SIZE: u64 = 64 * 1024 * 1024;
+
 /// Default limits for every module instance.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -116,6 +120,13 @@ pub struct ModuleLimits {
     pub kv_bytes: u64,
     /// Local publishes one module may make per second (and in a burst).
     pub publish_per_sec: u32,
+    /// Core WebAssembly instances in one module's component: 1–2 for Rust, 5 for
+    /// componentize-js, 14 for componentize-py.
+    pub instances: usize,
+    /// Tables in one module's component.
+    pub tables: usize,
+    /// Linear memories in one module's component.
+    pub memories: usize,
 }
 
 impl Default for ModuleLimits {
@@ -126,6 +137,9 @@ impl Default for ModuleLimits {
             queue: 1024,
             kv_bytes: 1024 * 1024,
             publish_per_sec: 10_000,
+            instances: 32,
+            tables: 32,
+            memories: 8,
         }
     }
 }
@@ -144,7 +158,7 @@ impl Default for Config {
             labels: BTreeMap::new(),
             heartbeat_interval_secs: 5,
             keep_alive_secs: 5,
-            max_module_size: 16 * 1024 * 1024,
+            max_module_size: DEFAULT_MAX_MODULE_SIZE,
             buffer_bytes: 64 * 1024 * 1024,
             flush_interval_ms: 10,
             buffer_full: Default::default(),
@@ -240,6 +254,12 @@ impl Config {
         limits.validate().map_err(anyhow::Error::msg)?;
         if self.buffer_bytes < 1024 * 1024 || self.limits.queue == 0 {
             bail!("buffer_bytes must be at least 1 MiB and limits.queue positive");
+        }
+        if self.limits.instances == 0 || self.limits.tables == 0 || self.limits.memories == 0 {
+            bail!("limits.instances, limits.tables and limits.memories must be positive");
+        }
+        if self.max_module_size == 0 {
+            bail!("max_module_size must be positive");
         }
         Ok(())
     }

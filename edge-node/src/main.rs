@@ -45,6 +45,9 @@ struct Cli {
     /// Labels, `k=v,k2=v2` (replace those of the config file).
     #[arg(long, env = "WEDGE_LABELS")]
     labels: Option<String>,
+    /// Largest module blob the node accepts, bytes [default: 67108864].
+    #[arg(long, env = "WEDGE_MAX_MODULE_SIZE")]
+    max_module_size: Option<u64>,
     /// Log filter, e.g. `info` or `warn,wedge=debug` [default: info]; `RUST_LOG` wins.
     #[arg(long, env = "WEDGE_LOG_LEVEL")]
     log_level: Option<String>,
@@ -117,6 +120,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = &cli.labels {
         config.labels = parse_labels(v)?;
+    }
+    if let Some(v) = cli.max_module_size {
+        config.max_module_size = v;
     }
     if let Some(v) = &cli.log_level {
         config.log_level = Some(v.clone());

@@ -48,6 +48,46 @@ pub fn is_reserved_stream(stream: &str) -> bool {
     stream.starts_with('$')
 }
 
+/// The WASI 0.2 interfaces a node links for every module (wasmtime-wasi's p2 linker), with
+/// nothing granted: no files, no network, no environment.
+pub const WASI_LINKED: &[&str] = &[
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:random/",
+    "wasi:sockets/",
+    "wasi:cli/",
+];
+
+/// The interface every module imports from the node.
+pub const HOST_INTERFACE: &str = "wedge:module/host@0.1.";
+
+/// Checks the imports of a module's component (names such as `wasi:io/streams@0.2.3`)
+/// against what nodes provide: the host interface and [`WASI_LINKED`]. Anything else is
+/// refused with a message naming the import and, where there is one, the build flag that
+/// avoids it. The control plane checks at upload; a node checks again before it links.
+pub fn check_imports<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    for name in names {
+        if name.starts_with(HOST_INTERFACE) || WASI_LINKED.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let hint = if name.starts_with("wasi:http/") {
+            "modules get no network; componentize-js links it unless built with \
+             `--disable http fetch-event` (the build command of `wedgectl module new --lang js`)"
+        } else if name.starts_with("wedge:module/") {
+            "build against wasm-modules/wit/wedge.wit (package wedge:module@0.1.0, world `module`)"
+        } else {
+            "a Wedge module imports only `wedge:module/host` and WASI 0.2 (io, clocks, \
+             filesystem, random, sockets, cli); build it for the world `module` in \
+             wasm-modules/wit/wedge.wit"
+        };
+        return Err(format!(
+            "the component imports `{name}`, which Wedge nodes do not provide: {hint}"
+        ));
+    }
+    Ok(())
+}
+
 impl Limits {
     /// Checks the limits that are set against the floors above; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
@@ -84,6 +124,23 @@ mod tests {
         for bad in ["", "a/+", "a/#", "wedge/", "$share/"] {
             assert!(check_publish_prefix(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn imports_nodes_provide() {
+        let ok = [
+            "wedge:module/host@0.1.0",
+            "wasi:io/streams@0.2.10",
+            "wasi:cli/environment@0.2.0",
+            "wasi:random/random@0.2.3",
+        ];
+        assert!(check_imports(ok).is_ok());
+        let http = check_imports(["wasi:io/error@0.2.0", "wasi:http/types@0.2.10"]).unwrap_err();
+        assert!(http.contains("`wasi:http/types@0.2.10`") && http.contains("--disable http"));
+        let other = check_imports(["acme:thing/api"]).unwrap_err();
+        assert!(other.contains("`acme:thing/api`") && other.contains("world `module`"));
+        let old = check_imports(["wedge:module/host@0.2.0"]).unwrap_err();
+        assert!(old.contains("wedge.wit"));
     }
 
     #[test]

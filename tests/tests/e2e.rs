@@ -11,6 +11,7 @@ mod deploy;
 mod devices;
 mod fault;
 mod identity;
+mod languages;
 mod layers;
 mod metrics;
 mod modules;

@@ -110,7 +110,12 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("modules.rs");
     std::fs::write(
         out,
-        format!("/// (name, path) of every built module.\npub const MODULES: &[(&str, &str)] = &[\n{index}];\n"),
+        format!(
+            "/// (name, path) of every built module.\npub const MODULES: &[(&str, &str)] = &[\n{index}];\n\
+             /// Where `wasm-modules/build-guests` puts the modules written in other languages.\n\
+             pub const GUESTS_DIR: &str = {:?};\n",
+            workspace.join("target/wasm-modules/guests").display().to_string()
+        ),
     )
     .expect("write modules.rs");
 }

@@ -126,7 +126,9 @@ async fn upload(
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!(
-                "a module may be at most {} bytes",
+                "the module is over the control plane's max_module_size = {} bytes (raise \
+                 it with --max-module-size, WEDGE_MAX_MODULE_SIZE or max_module_size in the \
+                 config file)",
                 state.max_module_size
             ))
         } else {
@@ -212,6 +214,71 @@ pub fn validate_component(bytes: &[u8]) -> Result<(), String> {
     let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
     validator
         .validate_all(bytes)
-        .map(drop)
-        .map_err(|e| format!("invalid WebAssembly component: {e}"))
+        .map_err(|e| format!("invalid WebAssembly component: {e}"))?;
+    wedge_proto::rules::check_imports(component_imports(bytes)?)
+}
+
+/// The names the outer component imports (nested components' and modules' imports are
+/// satisfied inside it, so they are skipped).
+fn component_imports(bytes: &[u8]) -> Result<Vec<&str>, String> {
+    use wasmparser::Payload;
+    let mut names = Vec::new();
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| format!("invalid WebAssembly component: {e}"))? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    let import =
+                        import.map_err(|e| format!("invalid WebAssembly component: {e}"))?;
+                    names.push(import.name.name);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_component;
+
+    /// A component that imports the instances `names` (each of an empty instance type).
+    fn importing(names: &[&str]) -> Vec<u8> {
+        use wasm_encoder::{
+            Component, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, InstanceType,
+        };
+        let mut component = Component::new();
+        let mut types = ComponentTypeSection::new();
+        types.instance(&InstanceType::new());
+        component.section(&types);
+        let mut imports = ComponentImportSection::new();
+        for name in names {
+            imports.import(*name, ComponentTypeRef::Instance(0));
+        }
+        component.section(&imports);
+        component.finish()
+    }
+
+    #[test]
+    fn imports_are_checked_against_what_nodes_provide() {
+        let rust = wedge_modules::bytes("threshold-alert").unwrap();
+        assert_eq!(validate_component(&rust), Ok(()));
+        assert_eq!(
+            validate_component(&importing(&[
+                "wedge:module/host@0.1.0",
+                "wasi:io/error@0.2.0"
+            ])),
+            Ok(())
+        );
+        let http = validate_component(&importing(&["wasi:http/types@0.2.10"])).unwrap_err();
+        assert!(
+            http.contains("wasi:http/types@0.2.10") && http.contains("--disable http fetch-event"),
+            "{http}"
+        );
+        let foreign = validate_component(&importing(&["acme:db/query"])).unwrap_err();
+        assert!(foreign.contains("acme:db/query"), "{foreign}");
+    }
 }

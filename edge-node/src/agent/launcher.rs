@@ -17,13 +17,13 @@ use wedge_proto::signing::{self, Covers, Signed};
 use super::NodeProfile;
 use crate::buffer::Buffer;
 use crate::events::EventSink;
-use crate::runtime::{HostContext, Instance, InstanceConfig, Runtime};
+use crate::runtime::{HostContext, Instance, InstanceConfig, InstanceLimits, Runtime};
 use crate::store::Store;
 
 /// What came of launching a module.
 #[derive(Debug)]
 pub enum Launch {
-    Started(Instance),
+    Started(Box<Instance>),
     /// The blob is not in the store yet.
     NeedsBlob,
 }
@@ -64,7 +64,7 @@ impl Launcher {
             config,
             self.changed.clone(),
         )
-        .map(Launch::Started)
+        .map(|instance| Launch::Started(Box::new(instance)))
         .map_err(|e| format!("cannot start module thread: {e}"))
     }
 
@@ -147,7 +147,8 @@ fn check(profile: &NodeProfile, spec: &ModuleSpec) -> Result<(), String> {
     }
     if spec.size > profile.max_module_size {
         return Err(format!(
-            "module of {} bytes exceeds this node's limit of {}",
+            "module of {} bytes is over this node's max_module_size = {} (raise it with \
+             --max-module-size, WEDGE_MAX_MODULE_SIZE or max_module_size in the config file)",
             spec.size, profile.max_module_size
         ));
     }
@@ -160,14 +161,19 @@ fn instance_config(profile: &NodeProfile, spec: &ModuleSpec) -> Result<InstanceC
     let memory_bytes = spec.limits.memory_bytes.unwrap_or(defaults.memory_bytes);
     if memory_bytes < MIN_MEMORY_BYTES {
         return Err(format!(
-            "memory limit of {memory_bytes} bytes is below the minimum of {MIN_MEMORY_BYTES}"
+            "limits.memory_bytes = {memory_bytes} is below the minimum of {MIN_MEMORY_BYTES}"
         ));
     }
     Ok(InstanceConfig {
         name: spec.name.clone(),
         digest: spec.digest,
         config: spec.config.clone(),
-        memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+        limits: InstanceLimits {
+            memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+            instances: defaults.instances,
+            tables: defaults.tables,
+            memories: defaults.memories,
+        },
         call_timeout: Duration::from_millis(
             spec.limits
                 .call_timeout_ms

@@ -301,7 +301,7 @@ impl Agent {
         match launched {
             Ok(Launch::Started(inst)) => {
                 self.instances
-                    .insert(spec.name.clone(), (spec.clone(), inst));
+                    .insert(spec.name.clone(), (spec.clone(), *inst));
             }
             Ok(Launch::NeedsBlob) => {
                 if let Some(req) = self.fetcher.want(spec.digest, spec.size, Instant::now()) {

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wedge_broker::LocalPublisher;
 use wedge_proto::messages::LOG_STREAM;
 use wedge_proto::topics::validate_topic;
 
 use super::bindings::wedge::module::host::{Host, Level};
-use super::limits::TokenBucket;
+use super::limits::{InstanceLimits, TokenBucket};
 use crate::buffer::Buffer;
 use crate::events::EventSink;
 use crate::store::Kv;
@@ -86,7 +86,7 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(ctx: HostContext, memory_bytes: usize) -> Self {
+    pub fn new(ctx: HostContext, limits: &InstanceLimits) -> Self {
         let now = Instant::now();
         Self {
             // No files, no network, no environment: a module reaches the world only
@@ -97,13 +97,7 @@ impl HostState {
                 table.set_max_capacity(MAX_HANDLES);
                 table
             },
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
-                .instances(10)
-                .tables(10)
-                .memories(4)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: limits.store_limits(),
             publish_bucket: TokenBucket::new(ctx.publish_per_sec, ctx.publish_per_sec, now),
             log_bucket: TokenBucket::new(LOG_RATE, LOG_BURST, now),
             ctx,

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use wasmtime::Store;
-use wasmtime::component::Component;
 use wedge_proto::Digest;
 use wedge_proto::messages::{EventKind, ModuleState, ModuleStatus};
 
@@ -52,7 +51,7 @@ pub struct InstanceConfig {
     pub digest: Digest,
     /// JSON text for `init`.
     pub config: String,
-    pub memory_bytes: usize,
+    pub limits: super::InstanceLimits,
     pub call_timeout: Duration,
     pub queue: usize,
     /// Period of `on-tick`, if any.
@@ -111,7 +110,7 @@ impl Instance {
         let stop = Arc::new(AtomicBool::new(false));
         let supervisor = Supervisor {
             runtime,
-            component: module.component.clone(),
+            module: module.clone(),
             host,
             config: config.clone(),
             rx,
@@ -176,7 +175,7 @@ fn lock(m: &Mutex<ModuleStatus>) -> std::sync::MutexGuard<'_, ModuleStatus> {
 
 struct Supervisor {
     runtime: Runtime,
-    component: Component,
+    module: Compiled,
     host: HostContext,
     config: InstanceConfig,
     rx: Receiver<Message>,
@@ -199,6 +198,11 @@ impl Supervisor {
             match self.run_once() {
                 End::Stopped => return,
                 End::Failed(error) => {
+                    // The setting goes first: a long error would be cut before it.
+                    let error = match self.config.limits.setting_hint(&error) {
+                        Some(setting) => format!("{setting}: {error}"),
+                        None => error,
+                    };
                     let error = wedge_proto::messages::bounded_text(
                         error,
                         wedge_proto::messages::MAX_ERROR_TEXT,
@@ -254,18 +258,16 @@ impl Supervisor {
 
     fn run_once(&self) -> End {
         self.set_state(ModuleState::Starting);
-        let state = HostState::new(self.host.clone(), self.config.memory_bytes);
+        let state = HostState::new(self.host.clone(), &self.config.limits);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks());
 
-        let module =
-            match bindings::Module::instantiate(&mut store, &self.component, self.runtime.linker())
-            {
-                Ok(m) => m,
-                Err(e) => return End::Failed(format!("instantiation failed: {e:#}")),
-            };
+        let module = match self.module.pre.instantiate(&mut store) {
+            Ok(m) => m,
+            Err(e) => return End::Failed(format!("instantiation failed: {e:#}")),
+        };
         store.set_epoch_deadline(self.deadline_ticks());
         let started = Instant::now();
         let init = module.call_init(&mut store, &self.config.config);

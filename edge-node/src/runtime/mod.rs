@@ -24,6 +24,7 @@ use wasmtime::{Config, Engine};
 
 pub use host::{HostContext, Stats};
 pub use instance::{Instance, InstanceConfig, Message};
+pub use limits::InstanceLimits;
 
 /// Address space reserved per linear memory up front.
 pub const MEMORY_RESERVATION: u64 = 8 * 1024 * 1024;
@@ -41,10 +42,11 @@ mod bindings {
 
 pub use bindings::wedge::module::host::Level;
 
-/// A compiled module, ready to instantiate any number of times. Cheap to clone.
+/// A compiled and linked module, ready to instantiate any number of times (a restart
+/// skips the import resolution). Cheap to clone.
 #[derive(Clone)]
 pub struct Compiled {
-    pub(crate) component: Component,
+    pub(crate) pre: bindings::ModulePre<host::HostState>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -60,6 +62,8 @@ pub enum Error {
     Engine(String),
     #[error("module does not compile: {0}")]
     Compile(String),
+    #[error("module does not link: {0}")]
+    Link(String),
 }
 
 /// The shared engine and linker. Cheap to clone.
@@ -118,11 +122,27 @@ impl Runtime {
         })
     }
 
-    /// Compiles a component (tens of milliseconds: call it off the async runtime).
+    /// Compiles and links a component (tens of milliseconds to seconds: call it off the
+    /// async runtime).
     pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, Error> {
-        Component::new(&self.engine, bytes)
-            .map(|component| Compiled { component })
-            .map_err(|e| Error::Compile(format!("{e:#}")))
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))?;
+        self.link(&component)
+    }
+
+    /// Resolves the component's imports against the linker, once. The imports are checked
+    /// first by the rule the control plane applies at upload, so a module that imports
+    /// something nodes do not provide is refused with the same message on both sides.
+    fn link(&self, component: &Component) -> Result<Compiled, Error> {
+        let ty = component.component_type();
+        let names: Vec<&str> = ty.imports(&self.engine).map(|(name, _)| name).collect();
+        wedge_proto::rules::check_imports(names).map_err(Error::Link)?;
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .and_then(bindings::ModulePre::new)
+            .map_err(|e| Error::Link(format!("{e:#}")))?;
+        Ok(Compiled { pre })
     }
 
     /// The compiled form of the verified blob `bytes` with digest `digest`: from the cache
@@ -137,11 +157,13 @@ impl Runtime {
             .as_ref()
             .and_then(|c| c.load(&self.engine, digest))
         {
-            return Ok((Compiled { component }, cache::Source::Cached));
+            return Ok((self.link(&component)?, cache::Source::Cached));
         }
-        let compiled = self.compile(bytes)?;
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))?;
+        let compiled = self.link(&component)?;
         if let Some(cache) = &self.cache {
-            cache.store(digest, &compiled.component);
+            cache.store(digest, &component);
         }
         Ok((compiled, cache::Source::Compiled))
     }
@@ -155,10 +177,6 @@ impl Runtime {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
-    }
-
-    pub(crate) fn linker(&self) -> &Linker<host::HostState> {
-        &self.linker
     }
 }
 
@@ -189,6 +207,19 @@ mod tests {
 
         rt.retain_cached(&[]);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn guest_languages_compile_and_link() {
+        for name in wedge_modules::GUESTS {
+            let Some(bytes) = wedge_modules::guest(name).unwrap() else {
+                continue;
+            };
+            let started = std::time::Instant::now();
+            let rt = Runtime::new(None).unwrap();
+            rt.compile(&bytes).unwrap();
+            eprintln!("{name}: compiled in {:?}", started.elapsed());
+        }
     }
 
     #[test]

@@ -26,6 +26,26 @@ pub fn bytes(name: &str) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
+/// The example modules written in JavaScript and Python, which `wasm-modules/build-guests`
+/// builds with their pinned toolchains (npm, PyPI); cargo does not.
+pub const GUESTS: &[&str] = &["threshold-alert-js", "threshold-alert-py"];
+
+/// The bytes of the guest module `name` (one of [`GUESTS`]); `Ok(None)` when it has not
+/// been built, which is an error under CI (`CI` set), where `.ci/run` builds them.
+pub fn guest(name: &str) -> std::io::Result<Option<Vec<u8>>> {
+    let path = PathBuf::from(GUESTS_DIR).join(format!("{name}.wasm"));
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
+            Ok(None)
+        }
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e} (run wasm-modules/build-guests)", path.display()),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
