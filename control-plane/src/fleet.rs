@@ -352,8 +352,15 @@ fn unheard(id: &str, now_ms: u64) -> NodeRecord {
         resources: Default::default(),
         problems: Vec::new(),
         problems_since_ms: now_ms,
+        clear_since_ms: None,
     }
 }
+
+/// A degraded node recovers only after its heartbeats have shown no problem for this long.
+/// A module in restart back-off passes through `running` between failures; each pass is
+/// not a recovery, and without the hold the fleet's events flapped degraded/recovered on
+/// every retry.
+pub const RECOVERY_HOLD_MS: u64 = 30_000;
 
 /// What a heartbeat changed in a node's record.
 #[derive(Debug, Default)]
@@ -368,7 +375,7 @@ struct Change {
 /// Applies heartbeat `hb` to `record`. A `live` one marks the node online; a retained one
 /// only refreshes what it runs.
 fn apply(record: &mut NodeRecord, hb: Heartbeat, live: bool, now_ms: u64) -> Change {
-    let now_problems = problems(&hb);
+    let now_problems = held_problems(record, problems(&hb), live, now_ms);
     let mut change = Change::default();
     if live {
         if record.liveness != Liveness::Online {
@@ -412,6 +419,27 @@ fn apply(record: &mut NodeRecord, hb: Heartbeat, live: bool, now_ms: u64) -> Cha
     record.resources = hb.resources;
     change.persist = persist.then(|| record.clone());
     change
+}
+
+/// The problems to show for a node whose heartbeat shows `seen`: a degraded node keeps its
+/// last problems until [`RECOVERY_HOLD_MS`] of clean live heartbeats have passed.
+fn held_problems(
+    record: &mut NodeRecord,
+    seen: Vec<String>,
+    live: bool,
+    now_ms: u64,
+) -> Vec<String> {
+    if !seen.is_empty() || record.problems.is_empty() || !live {
+        record.clear_since_ms = None;
+        return seen;
+    }
+    let since = *record.clear_since_ms.get_or_insert(now_ms);
+    if now_ms.saturating_sub(since) < RECOVERY_HOLD_MS {
+        record.problems.clone()
+    } else {
+        record.clear_since_ms = None;
+        seen
+    }
 }
 
 #[cfg(test)]
@@ -564,7 +592,13 @@ mod tests {
         big.resources.disk_free_bytes = 512 << 20;
         assert_eq!(problems(&big), ["disk 100% full (512 MiB free)"]);
 
+        // Clean heartbeats: still degraded until they have lasted RECOVERY_HOLD_MS.
         fleet.heartbeat(hb("n1", "a"), true, 3_000).unwrap();
+        assert_eq!(fleet.get("n1").unwrap().problems.len(), 3);
+        fleet
+            .heartbeat(hb("n1", "a"), true, 3_000 + RECOVERY_HOLD_MS)
+            .unwrap();
+        assert!(fleet.get("n1").unwrap().problems.is_empty());
         let kinds: Vec<FleetEvent> = fleet
             .events("n1")
             .unwrap()
@@ -573,6 +607,51 @@ mod tests {
             .collect();
         assert!(matches!(kinds[1], FleetEvent::Degraded { .. }));
         assert_eq!(kinds[2], FleetEvent::Recovered);
+    }
+
+    #[test]
+    fn a_module_in_restart_backoff_is_one_problem_not_a_flap() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet::load(Store::open(dir.path()).unwrap()).unwrap();
+        let with_module = |state| {
+            let mut h = hb("n1", "a");
+            h.modules.push(wedge_proto::messages::ModuleStatus {
+                name: "m".into(),
+                digest: wedge_proto::Digest::of(b"m"),
+                state,
+                last_error: Some("trapped".into()),
+                restarts: 1,
+                stats: Default::default(),
+            });
+            h
+        };
+        use wedge_proto::messages::ModuleState::{Failed, Running};
+        // Three minutes of a module that fails, restarts, runs a moment and fails again,
+        // with a heartbeat every 5 s.
+        let mut now = 1_000;
+        for i in 0..36 {
+            let state = if i % 2 == 0 { Failed } else { Running };
+            fleet.heartbeat(with_module(state), true, now).unwrap();
+            now += 5_000;
+        }
+        let health: Vec<FleetEvent> = fleet
+            .events("n1")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .filter(|e| matches!(e, FleetEvent::Degraded { .. } | FleetEvent::Recovered))
+            .collect();
+        assert_eq!(health.len(), 1, "{health:?}");
+        // Fixed: it recovers once, after the hold.
+        while now < 1_000 + 36 * 5_000 + RECOVERY_HOLD_MS + 5_000 {
+            fleet.heartbeat(with_module(Running), true, now).unwrap();
+            now += 5_000;
+        }
+        let events = fleet.events("n1").unwrap();
+        assert_eq!(
+            events.last().map(|e| &e.event),
+            Some(&FleetEvent::Recovered)
+        );
     }
 
     #[test]

@@ -107,6 +107,10 @@ pub struct NodeRecord {
     /// When `problems` last went from empty to not or back.
     #[serde(default)]
     pub problems_since_ms: u64,
+    /// Since when the heartbeats of a degraded node have shown no problem: it recovers
+    /// [`crate::fleet::RECOVERY_HOLD_MS`] later, not at the first clean heartbeat.
+    #[serde(default)]
+    pub clear_since_ms: Option<u64>,
 }
 
 /// The desired state last computed for a node.

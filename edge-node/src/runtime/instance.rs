@@ -257,7 +257,11 @@ impl Supervisor {
     }
 
     fn run_once(&self) -> End {
-        self.set_state(ModuleState::Starting);
+        // A restart after a failure stays `failed` until it runs: restart back-off is one
+        // problem, not a failure and a start every few seconds.
+        if lock(&self.status).state != ModuleState::Failed {
+            self.set_state(ModuleState::Starting);
+        }
         let state = HostState::new(self.host.clone(), &self.config.limits);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limits);
