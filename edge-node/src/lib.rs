@@ -32,6 +32,7 @@ pub mod http;
 pub mod metrics;
 pub mod resources;
 pub mod router;
+pub mod runner;
 pub mod runtime;
 pub mod store;
 pub mod uplink;

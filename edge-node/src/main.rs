@@ -61,6 +61,76 @@ enum Command {
     /// Read a device password from standard input and print its Argon2id hash, for
     /// `[[devices.users]] password_hash` in the node's configuration
     HashPassword,
+    /// Work with a module on this machine
+    #[command(subcommand)]
+    Module(ModuleCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ModuleCommand {
+    /// Run a module with the node's host and limits against `TOPIC PAYLOAD` lines from
+    /// standard input (and devices, with --mqtt-listen), printing what it publishes and
+    /// emits as JSON lines
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The module's .wasm component
+    file: PathBuf,
+    /// The deployment's config: JSON text passed to `init`
+    #[arg(long, default_value = "{}")]
+    config: String,
+    /// Topic filter the module receives; repeat for several
+    #[arg(long, default_value = "#")]
+    subscribe: Vec<String>,
+    /// Call `on-tick` this often, milliseconds
+    #[arg(long)]
+    tick_ms: Option<u64>,
+    /// Also let devices publish to a local broker on this address; run until Ctrl-C
+    #[arg(long)]
+    mqtt_listen: Option<SocketAddr>,
+    /// Topic prefix the module may publish under; repeat for several [default: any]
+    #[arg(long)]
+    publish_prefix: Vec<String>,
+    /// Linear memory limit, bytes [default: 33554432]
+    #[arg(long)]
+    memory_bytes: Option<u64>,
+    /// Longest single call, milliseconds [default: 1000]
+    #[arg(long)]
+    call_timeout_ms: Option<u64>,
+    /// Local publishes per second [default: 10000]
+    #[arg(long)]
+    publish_per_sec: Option<u32>,
+    /// Largest module accepted, bytes [default: 67108864]
+    #[arg(long)]
+    max_module_size: Option<u64>,
+}
+
+async fn run_module(args: RunArgs) -> ExitCode {
+    let defaults = Config::default();
+    let mut limits = defaults.limits;
+    limits.memory_bytes = args.memory_bytes.unwrap_or(limits.memory_bytes);
+    limits.call_timeout_ms = args.call_timeout_ms.unwrap_or(limits.call_timeout_ms);
+    limits.publish_per_sec = args.publish_per_sec.unwrap_or(limits.publish_per_sec);
+    let options = wedge_edge_node::runner::RunOptions {
+        file: args.file,
+        config: args.config,
+        subscribe: args.subscribe,
+        tick: args.tick_ms.map(std::time::Duration::from_millis),
+        mqtt_listen: args.mqtt_listen,
+        publish_prefixes: args.publish_prefix,
+        limits,
+        max_module_size: args.max_module_size.unwrap_or(defaults.max_module_size),
+    };
+    match wedge_edge_node::runner::run(options).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("wedge-node: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn hash_password() -> ExitCode {
@@ -134,8 +204,20 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::HashPassword) = cli.command {
-        return hash_password();
+    match cli.command {
+        Some(Command::HashPassword) => return hash_password(),
+        Some(Command::Module(ModuleCommand::Run(args))) => {
+            // Logs to standard error: standard output is the module's output.
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "warn,rumqttd=off,wedge_edge_node=info".into()),
+                )
+                .init();
+            return run_module(args).await;
+        }
+        None => {}
     }
     wedge_service::process::init(&cli.log_format);
     // SIGHUP reloads by loading again: the file, the environment and these flags.

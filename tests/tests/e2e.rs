@@ -18,6 +18,7 @@ mod modules;
 mod mosquitto;
 mod restarts;
 mod rollout;
+mod scaffold;
 mod schemathesis;
 mod signing;
 mod supersede;

@@ -60,8 +60,8 @@ enum Command {
     },
     /// Show one node: status, problems, modules, backlog
     Node { id: String },
-    /// Upload and list modules
-    #[command(subcommand)]
+    /// Upload and list modules; start a module project and run it locally
+    #[command(subcommand, alias = "module")]
     Modules(ModulesCommand),
     /// Create or update deployments from a TOML or YAML file (like `kubectl apply`: an
     /// unchanged deployment is left alone)
@@ -168,6 +168,23 @@ enum ModulesCommand {
     },
     /// List uploaded modules
     List,
+    /// Write a new module project (WIT included, one build command)
+    New {
+        name: String,
+        #[arg(long, value_enum)]
+        lang: commands::scaffold::Lang,
+        /// Where [default: ./NAME]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run a module on this machine with a node's host and limits, reading `TOPIC PAYLOAD`
+    /// lines from standard input (runs `wedge-node module run`; `--help` there lists the
+    /// options: --config JSON, --subscribe, --tick-ms, --mqtt-listen, limits)
+    Run {
+        file: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +232,25 @@ pub type Result<T> = std::result::Result<T, Failure>;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The local commands need no control plane.
+    let local = match &cli.command {
+        Command::Modules(ModulesCommand::New { name, lang, dir }) => {
+            Some(commands::scaffold::new(name, *lang, dir.as_deref()))
+        }
+        Command::Modules(ModulesCommand::Run { file, args }) => {
+            Some(commands::scaffold::run(file, args))
+        }
+        _ => None,
+    };
+    if let Some(result) = local {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wedgectl: {e}");
+                ExitCode::from(e.code())
+            }
+        };
+    }
     let given = settings::Given {
         api: cli.api,
         token: cli.token,
@@ -252,6 +288,7 @@ async fn main() -> ExitCode {
         Command::Keys(KeysCommand::Generate { out }) => commands::keys::generate(&out),
         Command::Keys(KeysCommand::Public { key }) => commands::keys::public(&key),
         Command::Modules(ModulesCommand::List) => commands::modules::list(&client, out).await,
+        Command::Modules(ModulesCommand::New { .. } | ModulesCommand::Run { .. }) => Ok(()),
         Command::Deploy { file, format } => {
             commands::deploy::apply(&client, out, &file, format).await
         }

@@ -123,6 +123,7 @@ impl Launcher {
             stats: Default::default(),
             metrics: self.metrics.module(&spec.name),
             events: self.events.clone(),
+            tap: None,
         })
     }
 }

@@ -68,6 +68,16 @@ pub struct HostContext {
     pub stats: Arc<Stats>,
     pub metrics: crate::metrics::ModuleMetrics,
     pub events: EventSink,
+    /// Where `wedge-node module run` sees what the module publishes and emits (a node has
+    /// none); bounded, so a module outpacing the printer waits for it.
+    pub tap: Option<std::sync::mpsc::SyncSender<Tapped>>,
+}
+
+/// What a module did, as `wedge-node module run` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tapped {
+    Published { topic: String, payload: Vec<u8> },
+    Emitted { stream: String, payload: Vec<u8> },
 }
 
 /// WASI handles (streams, pollables…) one instance may hold at once. Each is host memory
@@ -159,6 +169,12 @@ impl Host for HostState {
                 self.ctx.publish_per_sec
             ));
         }
+        if let Some(tap) = &self.ctx.tap {
+            let _ = tap.send(Tapped::Published {
+                topic: topic.clone(),
+                payload: payload.clone(),
+            });
+        }
         self.ctx
             .publisher
             .publish(topic, payload)
@@ -178,6 +194,9 @@ impl Host for HostState {
             .buffer
             .append(&self.ctx.module, &stream, wedge_proto::now_ms(), &payload)
             .map_err(|e| e.to_string())?;
+        if let Some(tap) = &self.ctx.tap {
+            let _ = tap.send(Tapped::Emitted { stream, payload });
+        }
         self.ctx.stats.emitted.fetch_add(1, Ordering::Relaxed);
         self.ctx.metrics.to_uplink.inc();
         Ok(())

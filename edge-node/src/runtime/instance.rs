@@ -66,6 +66,13 @@ pub struct Inbox {
 }
 
 impl Inbox {
+    /// Queues a message, waiting while the queue is full; `false` when the instance is
+    /// gone. For `wedge-node module run`, which reads its input as fast as the module
+    /// takes it.
+    pub fn send(&self, message: Message) -> bool {
+        self.tx.send(message).is_ok()
+    }
+
     /// Queues a message without blocking; a full queue drops it and counts the drop.
     pub fn offer(&self, message: Message) {
         match self.tx.try_send(message) {

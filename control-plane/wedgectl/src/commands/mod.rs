@@ -6,4 +6,5 @@ pub mod keys;
 pub mod modules;
 pub mod nodes;
 pub mod rollout;
+pub mod scaffold;
 pub mod telemetry;
