@@ -117,7 +117,10 @@ pub struct ModuleStats {
 pub enum ModuleState {
     /// Its blob is being fetched from the control plane.
     Fetching,
-    /// Compiling or initialising.
+    /// Its component is being compiled (seconds for a JavaScript or Python module on a
+    /// small device); messages for it wait in its queue.
+    Compiling,
+    /// Initialising.
     Starting,
     /// Handling messages.
     Running,
@@ -130,6 +133,7 @@ impl ModuleState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Fetching => "fetching",
+            Self::Compiling => "compiling",
             Self::Starting => "starting",
             Self::Running => "running",
             Self::Failed => "failed",
@@ -337,6 +341,7 @@ mod tests {
     fn module_state() -> impl Strategy<Value = ModuleState> {
         prop_oneof![
             Just(ModuleState::Fetching),
+            Just(ModuleState::Compiling),
             Just(ModuleState::Starting),
             Just(ModuleState::Running),
             Just(ModuleState::Failed),

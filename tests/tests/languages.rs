@@ -1,7 +1,8 @@
 //! Modules written in JavaScript (componentize-js) and Python (componentize-py), built from
 //! `wasm-modules/threshold-alert-js` and `threshold-alert-py` by `wasm-modules/build-guests`,
-//! uploaded, deployed and checked on a real node like the Rust `threshold-alert`; a node
-//! whose component limits are too small for one says which setting to raise.
+//! uploaded, deployed and checked on a real node like the Rust `threshold-alert` (their
+//! first readings sent while they compile, reported `compiling`); a node whose component
+//! limits are too small for one says which setting to raise.
 
 use std::time::Duration;
 
@@ -55,17 +56,21 @@ async fn javascript_and_python_modules_run_like_the_rust_one() -> anyhow::Result
         }))
         .await?;
     }
-    for name in wedge_modules::GUESTS {
-        api.wait_module_state("edge", name, "running", DEADLINE)
-            .await?;
-    }
+    // Each module takes seconds to compile; its readings are sent meanwhile, and wait in
+    // its queue.
     let mut device = Device::connect(node.local_mqtt_addr, "device", &["alerts/#"]).await?;
     for name in wedge_modules::GUESTS {
+        api.wait_module_state("edge", name, "compiling", DEADLINE)
+            .await?;
         for reading in ["20", "71.5", r#"{"value": 90}"#, "not a number", "49"] {
             device
                 .publish(&format!("{name}/room1"), reading.as_bytes())
                 .await?;
         }
+    }
+    for name in wedge_modules::GUESTS {
+        api.wait_module_state("edge", name, "running", DEADLINE)
+            .await?;
     }
     let mut alerts: Vec<(String, Value)> = Vec::new();
     while alerts.len() < 4 {

@@ -115,7 +115,7 @@ async fn hostile_modules_are_contained_and_reported() -> anyhow::Result<()> {
     ))
     .await?;
     // Every module that acts on a message must run before the readings arrive: a module
-    // still being fetched or compiled gets no messages (seen on a loaded CI machine, where
+    // still being fetched gets no messages (seen on a loaded CI machine, where
     // trap-message was still compiling and never saw the reading it traps on).
     for name in [
         "good",

@@ -74,7 +74,7 @@ pub struct DeploymentHealth {
     /// Node counts by the revision they are told to run.
     pub revisions: BTreeMap<String, u64>,
     /// Node counts by the state of the latest revision's module (`running`, `failed`,
-    /// `fetching`, `starting`).
+    /// `fetching`, `compiling`, `starting`).
     pub states: BTreeMap<String, u64>,
 }
 

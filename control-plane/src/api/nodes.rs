@@ -259,7 +259,7 @@ pub struct NodeView {
 pub struct ModuleStateView {
     pub name: String,
     pub digest: String,
-    /// `fetching`, `starting`, `running` or `failed`.
+    /// `fetching`, `compiling`, `starting`, `running` or `failed`.
     pub state: String,
     pub last_error: Option<String>,
     pub restarts: u32,

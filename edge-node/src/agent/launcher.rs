@@ -17,7 +17,7 @@ use wedge_proto::signing::{self, Covers, Signed};
 use super::NodeProfile;
 use crate::buffer::Buffer;
 use crate::events::EventSink;
-use crate::runtime::{HostContext, Instance, InstanceConfig, InstanceLimits, Runtime};
+use crate::runtime::{HostContext, Instance, InstanceConfig, InstanceLimits, Queue, Runtime};
 use crate::store::Store;
 
 /// What came of launching a module.
@@ -42,12 +42,14 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    /// Starts an instance of `spec` under `profile`'s rules and limits; `report` is called
-    /// every heartbeat interval while the module compiles.
+    /// Starts an instance of `spec` under `profile`'s rules and limits on `queue` (which
+    /// may already hold messages); `report` is called every heartbeat interval while the
+    /// module compiles.
     pub async fn launch(
         &self,
         profile: &NodeProfile,
         spec: &ModuleSpec,
+        queue: Queue,
         report: impl Fn(),
     ) -> Result<Launch, String> {
         check(profile, spec)?;
@@ -56,12 +58,13 @@ impl Launcher {
         };
         let config = instance_config(profile, spec)?;
         let compiled = self.compile(profile, spec, blob, report).await?;
-        let host = self.host_context(profile, spec)?;
-        Instance::start(
+        let host = self.host_context(profile, spec, queue.stats())?;
+        Instance::start_with_queue(
             self.runtime.clone(),
             &compiled,
             host,
             config,
+            queue,
             self.changed.clone(),
         )
         .map(|instance| Launch::Started(Box::new(instance)))
@@ -100,6 +103,7 @@ impl Launcher {
         &self,
         profile: &NodeProfile,
         spec: &ModuleSpec,
+        stats: Arc<crate::runtime::Stats>,
     ) -> Result<HostContext, String> {
         let defaults = &profile.limits;
         let kv = self
@@ -120,7 +124,7 @@ impl Launcher {
                 .publish_per_sec
                 .unwrap_or(defaults.publish_per_sec)
                 .max(1),
-            stats: Default::default(),
+            stats,
             metrics: self.metrics.module(&spec.name),
             events: self.events.clone(),
             tap: None,

@@ -31,7 +31,8 @@ use crate::buffer::Buffer;
 use crate::config::ModuleLimits;
 use crate::events::EventSink;
 use crate::router::{Route, RouteTable};
-use crate::runtime::{Instance, Runtime};
+use crate::runtime::instance::Inbox;
+use crate::runtime::{Instance, Queue, Runtime};
 use crate::store::Store;
 use crate::uplink::fetch::{Fetcher, Progress};
 use crate::uplink::{Inbound, UplinkClient};
@@ -78,8 +79,11 @@ pub struct Agent {
     uplink: UplinkClient,
     tunables: tokio::sync::watch::Receiver<crate::config::Config>,
     instances: BTreeMap<String, (ModuleSpec, Instance)>,
-    /// Modules that are wanted but not running an instance: fetching or unusable.
+    /// Modules that are wanted but not running an instance: fetching, compiling or
+    /// unusable.
     waiting: BTreeMap<String, ModuleStatus>,
+    /// The queues of modules being compiled: routed to, so their messages wait.
+    compiling: BTreeMap<String, Inbox>,
     desired: Option<DesiredState>,
     applied_generation: u64,
     fetcher: Fetcher,
@@ -129,6 +133,7 @@ impl Agent {
             tunables,
             instances: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            compiling: BTreeMap::new(),
             desired: None,
             applied_generation: 0,
             fetcher: Fetcher::default(),
@@ -276,10 +281,15 @@ impl Agent {
             }
         }
         self.waiting.clear();
+        // A replaced version keeps its messages until its successor runs.
+        let replaced: BTreeMap<String, Inbox> = retired
+            .iter()
+            .map(|inst| (inst.config().name.clone(), inst.inbox()))
+            .collect();
         for spec in &actions.start {
-            self.start(spec).await;
+            self.start(spec, &desired, &replaced).await;
         }
-        self.update_routes(&desired);
+        self.update_routes(&desired, &BTreeMap::new());
         self.stop(retired).await;
 
         if !self
@@ -293,11 +303,25 @@ impl Agent {
     }
 
     /// Starts `spec`: running, fetching its blob, or failed (reported with the error).
-    async fn start(&mut self, spec: &ModuleSpec) {
+    /// While it compiles it is reported `compiling` and routed to its queue (unless the
+    /// version it replaces still runs), so a module's first messages wait for it.
+    async fn start(
+        &mut self,
+        spec: &ModuleSpec,
+        desired: &DesiredState,
+        replaced: &BTreeMap<String, Inbox>,
+    ) {
+        let queue = Queue::new(self.profile.limits.queue, Default::default());
+        self.compiling.insert(spec.name.clone(), queue.inbox());
+        let compiling = status::waiting(spec, ModuleState::Compiling, None);
+        self.waiting.insert(spec.name.clone(), compiling);
+        self.update_routes(desired, replaced);
         let launched = self
             .launcher
-            .launch(&self.profile, spec, || self.report())
+            .launch(&self.profile, spec, queue, || self.report())
             .await;
+        self.compiling.remove(&spec.name);
+        self.waiting.remove(&spec.name);
         match launched {
             Ok(Launch::Started(inst)) => {
                 self.instances
@@ -331,15 +355,24 @@ impl Agent {
         }
     }
 
-    fn update_routes(&self, desired: &DesiredState) {
+    /// Routes each desired module's messages to its running instance, else to the version
+    /// it replaces (still running), else to its queue while it compiles.
+    fn update_routes(&self, desired: &DesiredState, replaced: &BTreeMap<String, Inbox>) {
         let routes = desired
             .modules
             .iter()
             .filter_map(|spec| {
-                self.instances.get(&spec.name).map(|(_, inst)| Route {
+                let inbox = match self.instances.get(&spec.name) {
+                    Some((_, inst)) => inst.inbox(),
+                    None => replaced
+                        .get(&spec.name)
+                        .or_else(|| self.compiling.get(&spec.name))?
+                        .clone(),
+                };
+                Some(Route {
                     module: spec.name.clone(),
                     filters: spec.subscriptions.clone(),
-                    inbox: inst.inbox(),
+                    inbox,
                 })
             })
             .collect();

@@ -65,6 +65,34 @@ pub struct Inbox {
     stats: Arc<Stats>,
 }
 
+/// An instance's queue, made before the instance so that messages arriving while its
+/// module compiles wait in it (bounded by `queue`) instead of finding no route.
+#[derive(Debug)]
+pub struct Queue {
+    inbox: Inbox,
+    rx: Receiver<Message>,
+}
+
+impl Queue {
+    /// A queue of `len` messages whose drops count in `stats`.
+    pub fn new(len: usize, stats: Arc<Stats>) -> Self {
+        let (tx, rx) = sync_channel(len);
+        Self {
+            inbox: Inbox { tx, stats },
+            rx,
+        }
+    }
+
+    pub fn inbox(&self) -> Inbox {
+        self.inbox.clone()
+    }
+
+    /// The counters its drops (and, once it runs, its instance) count in.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.inbox.stats.clone()
+    }
+}
+
 impl Inbox {
     /// Queues a message, waiting while the queue is full; `false` when the instance is
     /// gone. For `wedge-node module run`, which reads its input as fast as the module
@@ -104,7 +132,20 @@ impl Instance {
         config: InstanceConfig,
         changed: Arc<Notify>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel(config.queue);
+        let queue = Queue::new(config.queue, host.stats.clone());
+        Self::start_with_queue(runtime, module, host, config, queue, changed)
+    }
+
+    /// Starts the instance on `queue`, which may already hold messages.
+    pub fn start_with_queue(
+        runtime: Runtime,
+        module: &Compiled,
+        host: HostContext,
+        config: InstanceConfig,
+        queue: Queue,
+        changed: Arc<Notify>,
+    ) -> std::io::Result<Self> {
+        let Queue { inbox, rx } = queue;
         let status = Arc::new(Mutex::new(ModuleStatus {
             name: config.name.clone(),
             digest: config.digest,
@@ -130,10 +171,7 @@ impl Instance {
             .spawn(move || supervisor.run())?;
         Ok(Self {
             config,
-            inbox: Inbox {
-                tx,
-                stats: stats.clone(),
-            },
+            inbox,
             status,
             stats,
             stop,

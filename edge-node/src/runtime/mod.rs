@@ -23,7 +23,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 pub use host::{HostContext, Stats};
-pub use instance::{Instance, InstanceConfig, Message};
+pub use instance::{Instance, InstanceConfig, Message, Queue};
 pub use limits::InstanceLimits;
 
 /// Address space reserved per linear memory up front.
