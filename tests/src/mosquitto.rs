@@ -78,17 +78,32 @@ impl Mosquitto {
             .filter(|l| !local.iter().any(|k| l.starts_with(k)))
             .map(|l| format!("{l}\n"))
             .collect();
+        let config = format!(
+            "listener {} 127.0.0.1\n{settings}password_file {}\nacl_file {}\n\
+             persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+            addr.port(),
+            passwords.display(),
+            shipped.join("acl").display(),
+        );
+        Self::spawn(dir, addr, &config)
+    }
+
+    /// Starts a plain one on a free loopback port: anyone may connect, to any topic (the
+    /// broker of a do-it-yourself stack, for benchmarks).
+    pub fn start_open() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let config = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             log_dest stderr\nlog_type error\nlog_type warning\n",
+            addr.port()
+        );
+        Self::spawn(dir, addr, &config)
+    }
+
+    fn spawn(dir: tempfile::TempDir, addr: SocketAddr, config_text: &str) -> anyhow::Result<Self> {
         let config = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listener {} 127.0.0.1\n{settings}password_file {}\nacl_file {}\n\
-                 persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n",
-                addr.port(),
-                passwords.display(),
-                shipped.join("acl").display(),
-            ),
-        )?;
+        std::fs::write(&config, config_text)?;
         let program = program("mosquitto").ok_or_else(|| anyhow::anyhow!("no mosquitto"))?;
         let child = Command::new(program)
             .arg("-c")
