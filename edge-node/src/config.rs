@@ -136,7 +136,8 @@ impl Default for ModuleLimits {
             call_timeout_ms: 1000,
             queue: 1024,
             kv_bytes: 1024 * 1024,
-            publish_per_sec: 10_000,
+            // What one instance can process: a lower default refused a module's own alerts in a burst.
+            publish_per_sec: 100_000,
             instances: 32,
             tables: 32,
             memories: 8,
