@@ -82,7 +82,11 @@ async fn run_in(
     let started = std::time::Instant::now();
     let compiled = tokio::task::spawn_blocking({
         let runtime = runtime.clone();
-        move || runtime.compile(&bytes)
+        move || {
+            let compiled = runtime.compile(&bytes);
+            Runtime::release_compile_memory();
+            compiled
+        }
     })
     .await??;
     tracing::info!(took = ?started.elapsed(), "module compiled");

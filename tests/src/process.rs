@@ -147,6 +147,11 @@ impl Proc {
         Ok(proc)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A node's HTTP address (`/metrics`, `/readyz`).
     pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
         self.http

@@ -81,7 +81,11 @@ impl Launcher {
         let runtime = self.runtime.clone();
         let digest = spec.digest;
         let started = Instant::now();
-        let mut load = tokio::task::spawn_blocking(move || runtime.load(&digest, &blob));
+        let mut load = tokio::task::spawn_blocking(move || {
+            let loaded = runtime.load(&digest, &blob);
+            Runtime::release_compile_memory();
+            loaded
+        });
         // Compiling can take many seconds on a small device; the node keeps reporting
         // meanwhile, or the control plane would take it for dead.
         let mut heartbeat = tokio::time::interval(profile.heartbeat_interval);
