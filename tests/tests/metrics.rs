@@ -49,14 +49,19 @@ async fn both_binaries_expose_the_series_and_readiness() -> anyhow::Result<()> {
     }
 
     let node_api = Api::new(node.http_addr()?);
+    // A call's duration is observed after the call returns, so once both modules show five
+    // message calls, every count of what those calls did is in (messages_in alone counts a
+    // message before its call, which raced the emit it makes).
     let text = wait_for("node metrics to show all 5 messages", DEADLINE, || async {
         let (status, text) = node_api.get_text("/metrics").await.ok()?;
-        let seen = metric(
-            &text,
-            "wedge_module_messages_in_total",
-            &[("module", "fwd")],
-        )?;
-        (status == 200 && seen >= 5.0).then_some(text)
+        let calls = |module| {
+            metric(
+                &text,
+                "wedge_module_call_duration_seconds_count",
+                &[("module", module), ("call", "message")],
+            )
+        };
+        (status == 200 && calls("fwd")? >= 5.0 && calls("alert")? >= 5.0).then_some(text)
     })
     .await?;
     let m = |name: &str, labels: &[(&str, &str)]| {
