@@ -125,9 +125,11 @@ impl Runtime {
     /// Compiles and links a component (tens of milliseconds to seconds: call it off the
     /// async runtime).
     pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, Error> {
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))?;
-        self.link(&component)
+        self.link(&self.component(bytes)?)
+    }
+
+    fn component(&self, bytes: &[u8]) -> Result<Component, Error> {
+        Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))
     }
 
     /// Resolves the component's imports against the linker, once. The imports are checked
@@ -159,8 +161,7 @@ impl Runtime {
         {
             return Ok((self.link(&component)?, cache::Source::Cached));
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))?;
+        let component = self.component(bytes)?;
         let compiled = self.link(&component)?;
         if let Some(cache) = &self.cache {
             cache.store(digest, &component);
