@@ -129,6 +129,19 @@ pub struct ModuleLimits {
     pub memories: usize,
 }
 
+impl ModuleLimits {
+    /// What one instance may use: these limits, with `memory_bytes` (the deployment's, or
+    /// these limits' own).
+    pub fn instance(&self, memory_bytes: u64) -> crate::runtime::InstanceLimits {
+        crate::runtime::InstanceLimits {
+            memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+            instances: self.instances,
+            tables: self.tables,
+            memories: self.memories,
+        }
+    }
+}
+
 impl Default for ModuleLimits {
     fn default() -> Self {
         Self {

@@ -99,7 +99,7 @@ struct RunArgs {
     /// Longest single call, milliseconds [default: 1000]
     #[arg(long)]
     call_timeout_ms: Option<u64>,
-    /// Local publishes per second [default: 10000]
+    /// Local publishes per second [default: 100000]
     #[arg(long)]
     publish_per_sec: Option<u32>,
     /// Largest module accepted, bytes [default: 67108864]

@@ -31,7 +31,7 @@ use wedge_proto::messages::ModuleState;
 use crate::config::ModuleLimits;
 use crate::router::{Route, RouteTable};
 use crate::runtime::host::Tapped;
-use crate::runtime::{HostContext, Instance, InstanceConfig, InstanceLimits, Message, Runtime};
+use crate::runtime::{HostContext, Instance, InstanceConfig, Message, Runtime};
 
 /// What to run and how.
 #[derive(Debug, Clone)]
@@ -126,12 +126,7 @@ async fn run_in(
         name: name.into(),
         digest: Digest::of(options.file.to_string_lossy().as_bytes()),
         config: options.config.clone(),
-        limits: InstanceLimits {
-            memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
-            instances: limits.instances,
-            tables: limits.tables,
-            memories: limits.memories,
-        },
+        limits: limits.instance(limits.memory_bytes),
         call_timeout: Duration::from_millis(limits.call_timeout_ms),
         queue: limits.queue,
         tick: options.tick,
@@ -265,7 +260,7 @@ fn print_tapped(tapped: std::sync::mpsc::Receiver<Tapped>) {
         };
         let body = match String::from_utf8(payload) {
             Ok(text) => json!({key: name, "payload": text}),
-            Err(e) => json!({key: name, "payload_hex": hex(e.as_bytes())}),
+            Err(e) => json!({key: name, "payload_hex": hex::encode(e.as_bytes())}),
         };
         let mut out = stdout.lock();
         // A closed stdout (`| head`) ends the printing, not the module.
@@ -273,8 +268,4 @@ fn print_tapped(tapped: std::sync::mpsc::Receiver<Tapped>) {
             return;
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -17,7 +17,7 @@ use wedge_proto::signing::{self, Covers, Signed};
 use super::NodeProfile;
 use crate::buffer::Buffer;
 use crate::events::EventSink;
-use crate::runtime::{HostContext, Instance, InstanceConfig, InstanceLimits, Queue, Runtime};
+use crate::runtime::{HostContext, Instance, InstanceConfig, Queue, Runtime};
 use crate::store::Store;
 
 /// What came of launching a module.
@@ -177,12 +177,7 @@ fn instance_config(profile: &NodeProfile, spec: &ModuleSpec) -> Result<InstanceC
         name: spec.name.clone(),
         digest: spec.digest,
         config: spec.config.clone(),
-        limits: InstanceLimits {
-            memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
-            instances: defaults.instances,
-            tables: defaults.tables,
-            memories: defaults.memories,
-        },
+        limits: defaults.instance(memory_bytes),
         call_timeout: Duration::from_millis(
             spec.limits
                 .call_timeout_ms
