@@ -57,7 +57,13 @@ impl App {
                     format!("cannot open the store in {}", config.data_dir.display())
                 })?;
 
-        let (broker, publisher, receiver, local_tls) = local_broker(&config).await?;
+        let LocalBroker {
+            broker,
+            publisher,
+            receiver,
+            tls: local_tls,
+            pace,
+        } = local_broker(&config).await?;
         let local_mqtt_addr = broker.local_addr();
         let broker = std::sync::Arc::new(broker);
 
@@ -81,6 +87,7 @@ impl App {
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(
             buffer.clone(),
             uplink_counters.clone(),
+            pace.clone(),
         ));
         let (tunables, tunables_rx) = tokio::sync::watch::channel(config.clone());
         let mut agent = Agent::new(
@@ -110,7 +117,7 @@ impl App {
         let link_open = local_link.clone();
         let router_shutdown = shutdown.clone();
         tracker.spawn(async move {
-            router::run(receiver, routes, router_shutdown).await;
+            router::run(receiver, routes, pace, router_shutdown).await;
             link_open.store(false, std::sync::atomic::Ordering::Relaxed);
         });
         tracker.spawn(events::forward(events_rx, client.clone(), shutdown.clone()));
@@ -241,19 +248,23 @@ async fn uplink_tls(
 }
 
 /// The local broker behind the device gate, with the in-process link the router reads
-/// (subscribed to everything). The last value says whether devices connect over TLS.
-async fn local_broker(
-    config: &Config,
-) -> anyhow::Result<(
-    EmbeddedBroker,
-    wedge_broker::LocalPublisher,
-    wedge_broker::LocalReceiver,
-    bool,
-)> {
+/// (subscribed to everything).
+struct LocalBroker {
+    broker: EmbeddedBroker,
+    publisher: wedge_broker::LocalPublisher,
+    receiver: wedge_broker::LocalReceiver,
+    /// Whether devices connect over TLS.
+    tls: bool,
+    /// The pace device connections read at; the router holds it.
+    pace: wedge_broker::Pace,
+}
+
+async fn local_broker(config: &Config) -> anyhow::Result<LocalBroker> {
     let mut broker_cfg = wedge_broker::Config::new(config.local_mqtt_listen);
     let devices = crate::devices::DeviceGate::new(&config.devices)
         .context("cannot set up device access to the local broker")?;
     let local_tls = devices.tls();
+    let pace = devices.pace();
     broker_cfg.gate = Some(std::sync::Arc::new(crate::devices::SharedDeviceGate(
         devices,
     )));
@@ -265,7 +276,13 @@ async fn local_broker(
     publisher
         .subscribe("#")
         .context("cannot subscribe to the local broker")?;
-    Ok((broker, publisher, receiver, local_tls))
+    Ok(LocalBroker {
+        broker,
+        publisher,
+        receiver,
+        tls: local_tls,
+        pace,
+    })
 }
 
 /// What the agent knows about its node, from the configuration.

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use wedge_broker::{Admission, BoxFuture, Gate, Refusal, Session, Stream, Unrestricted};
+use wedge_broker::{Admission, BoxFuture, Gate, Pace, Refusal, Session, Stream};
 
 /// The `[devices]` section of the node's configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -82,6 +82,9 @@ pub struct DeviceGate {
     /// Argon2 runs at once: each takes ~19 MiB and tens of ms of a core, so wrong passwords
     /// tried in parallel would otherwise take the device's memory and CPU.
     verifying: Arc<tokio::sync::Semaphore>,
+    /// Held by the router while a module's queue is too full for acknowledged messages:
+    /// every device connection stops reading (see `router`).
+    pace: Pace,
 }
 
 /// Argon2 verifications that may run at the same time.
@@ -124,7 +127,13 @@ impl DeviceGate {
             tls,
             verified: Mutex::new(HashMap::new()),
             verifying: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_VERIFICATIONS)),
+            pace: Pace::default(),
         }))
+    }
+
+    /// The pace every device connection reads at.
+    pub fn pace(&self) -> Pace {
+        self.pace.clone()
     }
 
     /// Whether the local broker speaks TLS.
@@ -178,6 +187,25 @@ impl DeviceGate {
     }
 }
 
+/// An admitted device: it may publish and subscribe to anything on the local broker (the
+/// node's own link and the uplink are not reachable from it) and reads at the node's pace.
+struct DeviceSession(Pace);
+
+impl Session for DeviceSession {
+    fn may_publish(&self, _: &str) -> bool {
+        true
+    }
+    fn may_subscribe(&self, _: &str) -> bool {
+        true
+    }
+    fn ended(&self) -> BoxFuture<()> {
+        Box::pin(std::future::pending())
+    }
+    fn pace(&self) -> Option<Pace> {
+        Some(self.0.clone())
+    }
+}
+
 /// The gate as rumqttd sees it (an `Arc` of it, so password checks can outlive the call).
 pub struct SharedDeviceGate(pub Arc<DeviceGate>);
 
@@ -215,7 +243,7 @@ impl Gate for SharedDeviceGate {
                 _ => gate.allow_anonymous,
             };
             if allowed {
-                Ok(Arc::new(Unrestricted) as Arc<dyn Session>)
+                Ok(Arc::new(DeviceSession(gate.pace.clone())) as Arc<dyn Session>)
             } else {
                 tracing::warn!(
                     client_id = a.client_id,

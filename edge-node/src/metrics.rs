@@ -4,11 +4,13 @@
 //!   by its restarts): `wedge_module_messages_in_total`, `wedge_module_messages_out_total{to}`
 //!   (`local`: published on the local broker; `uplink`: emitted as telemetry),
 //!   `wedge_module_call_duration_seconds{call}` (`init`, `message`, `tick`),
-//!   `wedge_module_traps_total`, `wedge_module_restarts_total`. A module's series stay after
-//!   it is removed (counters must not vanish mid-scrape); they are few.
+//!   `wedge_module_traps_total`, `wedge_module_restarts_total`,
+//!   `wedge_module_dropped_total` (messages its full queue dropped). A module's series stay
+//!   after it is removed (counters must not vanish mid-scrape); they are few.
 //! - Read when scraped, from the state the node already keeps, so heartbeat and metrics
 //!   never disagree: the telemetry buffer (`wedge_buffer_pending_records`,
 //!   `…_pending_bytes`, `…_oldest_age_seconds`, `…_quota_bytes`, `wedge_buffer_dropped_total`),
+//!   back-pressure on devices (`wedge_devices_paused_total`, `wedge_devices_paused_now`),
 //!   the uplink (`wedge_uplink_connected`, `wedge_uplink_reconnects_total`, `…_skipped_total`,
 //!   `…_dropped_inbound_total`, `…_decode_errors_total`), `process_resident_memory_bytes`.
 
@@ -58,6 +60,8 @@ pub struct ModuleMetrics {
     pub tick_seconds: Histogram,
     pub traps: Counter,
     pub restarts: Counter,
+    /// Messages for the module its full queue dropped (see `router`).
+    pub dropped: Counter,
 }
 
 impl Default for ModuleMetrics {
@@ -72,6 +76,7 @@ impl Default for ModuleMetrics {
             tick_seconds: call_histogram(),
             traps: Counter::default(),
             restarts: Counter::default(),
+            dropped: Counter::default(),
         }
     }
 }
@@ -85,10 +90,12 @@ pub struct Metrics {
     calls: Family<CallLabel, Histogram, fn() -> Histogram>,
     traps: Family<ModuleLabel, Counter>,
     restarts: Family<ModuleLabel, Counter>,
+    dropped: Family<ModuleLabel, Counter>,
 }
 
 impl Metrics {
-    pub fn new(buffer: Buffer, uplink: Arc<uplink::Counters>) -> Self {
+    /// `pace` is the devices' pace on the local broker (its holds are a series).
+    pub fn new(buffer: Buffer, uplink: Arc<uplink::Counters>, pace: wedge_broker::Pace) -> Self {
         let mut registry = Registry::default();
         let messages_in = Family::<ModuleLabel, Counter>::default();
         let messages_out = Family::<OutLabel, Counter>::default();
@@ -97,6 +104,7 @@ impl Metrics {
         );
         let traps = Family::<ModuleLabel, Counter>::default();
         let restarts = Family::<ModuleLabel, Counter>::default();
+        let dropped = Family::<ModuleLabel, Counter>::default();
         registry.register(
             "wedge_module_messages_in",
             "Local messages handed to a module",
@@ -123,7 +131,17 @@ impl Metrics {
             "Fresh instances started after a module failed",
             restarts.clone(),
         );
-        registry.register_collector(Box::new(NodeCollector { buffer, uplink }));
+        registry.register(
+            "wedge_module_dropped",
+            "Local messages dropped for a module at its full queue: QoS 0 ones, and \
+             acknowledged ones the module took nothing for 10 s",
+            dropped.clone(),
+        );
+        registry.register_collector(Box::new(NodeCollector {
+            buffer,
+            uplink,
+            pace,
+        }));
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
@@ -132,6 +150,7 @@ impl Metrics {
             calls,
             traps,
             restarts,
+            dropped,
         }
     }
 
@@ -157,6 +176,7 @@ impl Metrics {
             tick_seconds: self.calls.get_or_create_owned(&call("tick")),
             traps: self.traps.get_or_create_owned(&module()),
             restarts: self.restarts.get_or_create_owned(&module()),
+            dropped: self.dropped.get_or_create_owned(&module()),
         }
     }
 
@@ -170,6 +190,7 @@ impl Metrics {
 struct NodeCollector {
     buffer: Buffer,
     uplink: Arc<uplink::Counters>,
+    pace: wedge_broker::Pace,
 }
 
 impl Collector for NodeCollector {
@@ -217,6 +238,19 @@ impl Collector for NodeCollector {
             "wedge_buffer_dropped",
             "Records dropped undelivered (full buffer or past their time to live)",
             b.dropped,
+        )?;
+        shared::encode_counter(
+            e,
+            "wedge_devices_paused",
+            "Times the local broker stopped reading from devices because a module's queue was \
+             too full for acknowledged (QoS 1/2) messages",
+            self.pace.holds(),
+        )?;
+        shared::encode_gauge(
+            e,
+            "wedge_devices_paused_now",
+            "1 while the local broker reads nothing from devices (back-pressure)",
+            if self.pace.held() { 1.0 } else { 0.0 },
         )?;
         let u = &self.uplink;
         shared::encode_gauge(

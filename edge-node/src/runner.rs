@@ -94,7 +94,14 @@ async fn run_in(
     let listen = options
         .mqtt_listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let broker_config = wedge_broker::Config::new(listen);
+    let mut broker_config = wedge_broker::Config::new(listen);
+    // Devices connect without a password, and read at the router's pace as on a node.
+    let devices = crate::devices::DeviceGate::new(&crate::devices::DevicesConfig {
+        allow_anonymous: true,
+        ..Default::default()
+    })?;
+    let pace = devices.pace();
+    broker_config.gate = Some(Arc::new(crate::devices::SharedDeviceGate(devices)));
     let (broker, publisher, receiver) = tokio::task::spawn_blocking(move || {
         wedge_broker::EmbeddedBroker::start_with_link(&broker_config, "wedge-module-run")
     })
@@ -106,7 +113,7 @@ async fn run_in(
     }
 
     let (events, mut events_rx) = crate::events::EventSink::new();
-    let metrics = crate::metrics::Metrics::new(buffer.clone(), Default::default());
+    let metrics = crate::metrics::Metrics::new(buffer.clone(), Default::default(), pace.clone());
     let (tap, tapped) = std::sync::mpsc::sync_channel(1024);
     let name = "module";
     let limits = &options.limits;
@@ -162,7 +169,7 @@ async fn run_in(
     if options.mqtt_listen.is_some() {
         table.replace(routes.clone());
     }
-    let router = tokio::spawn(crate::router::run(receiver, table, shutdown.clone()));
+    let router = tokio::spawn(crate::router::run(receiver, table, pace, shutdown.clone()));
 
     // Standard input, read on a blocking thread: a line waits while the module's queue is
     // full, so a file of any length is handled whole.
@@ -239,8 +246,8 @@ fn feed_stdin(
             continue;
         }
         let message = Message {
-            topic: topic.to_string(),
-            payload: payload.as_bytes().to_vec(),
+            topic: topic.into(),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
         };
         if !inbox.send(message) {
             break;

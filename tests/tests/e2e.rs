@@ -6,6 +6,7 @@
 //! `cargo test -p wedge-tests --test e2e restarts::`.
 mod adversary;
 mod arm64;
+mod backpressure;
 mod dashboard;
 mod deploy;
 mod devices;

@@ -306,11 +306,13 @@ async function nodeDetail(gen, id) {
     h("dt", {}, "Oldest"), h("dd", {}, t.pending ? `${Math.round((t.oldest_age_ms || 0) / 1000)} s` : "–"),
     h("dt", {}, "Dropped"), h("dd", {}, String(t.dropped || 0)));
   const modules = (n.modules || []).length
-    ? table(["Module", "Digest", "State", "Restarts", "Messages", "Errors", "Published", "Emitted", "Last error"],
+    ? table(["Module", "Digest", "State", "Restarts", "Messages", "Dropped", "Errors", "Published", "Emitted", "Last error"],
       n.modules.map((m) => h("tr", { "data-module": m.name },
         h("td", {}, m.name), h("td", { class: "mono", title: m.digest }, m.digest.slice(7, 19)),
         h("td", {}, h("span", { class: `badge ${m.state}` }, m.state)), h("td", {}, String(m.restarts)),
-        h("td", {}, String(m.stats.messages)), h("td", {}, String(m.stats.errors)),
+        h("td", {}, String(m.stats.messages)),
+        h("td", { title: "dropped at the module's full queue (QoS 0)" }, String(m.stats.dropped || 0)),
+        h("td", {}, String(m.stats.errors)),
         h("td", {}, String(m.stats.published)), h("td", {}, String(m.stats.emitted)),
         h("td", { class: "reason" }, m.last_error || ""))), { "data-testid": "modules" })
     : h("p", { class: "muted" }, "No modules.");

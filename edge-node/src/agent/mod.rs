@@ -311,7 +311,11 @@ impl Agent {
         desired: &DesiredState,
         replaced: &BTreeMap<String, Inbox>,
     ) {
-        let queue = Queue::new(self.profile.limits.queue, Default::default());
+        let queue = Queue::new(
+            self.profile.limits.queue,
+            Default::default(),
+            self.launcher.metrics.module(&spec.name).dropped,
+        );
         self.compiling.insert(spec.name.clone(), queue.inbox());
         let compiling = status::waiting(spec, ModuleState::Compiling, None);
         self.waiting.insert(spec.name.clone(), compiling);

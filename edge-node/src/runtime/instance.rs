@@ -2,8 +2,9 @@
 //!
 //! Why a thread per instance: a module call is synchronous CPU work bounded only by its
 //! deadline; on its own thread it can never stall the async runtime that runs the uplink
-//! and the other modules. Messages reach it over a bounded queue; when it is full, new
-//! messages are dropped and counted rather than buffered without bound.
+//! and the other modules. Messages reach it over a bounded queue; when it is full the
+//! router either waits for room (messages their publisher was told were delivered) or
+//! drops and counts them (QoS 0); nothing is buffered without bound (see `router`).
 //!
 //! Life of an instance: instantiate → `init(config)` → `on-message` for each message and
 //! `on-tick` every tick period. A trap anywhere (including a deadline overrun or a failed
@@ -15,7 +16,6 @@
 //! sends new messages to the replacement, so a deploy loses nothing in flight.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,11 +37,11 @@ const POLL: Duration = Duration::from_millis(100);
 /// Longest a stopping instance spends on the messages still queued for it.
 pub const DRAIN_BUDGET: Duration = Duration::from_secs(2);
 
-/// A local message for a module.
+/// A local message for a module. Shared, not copied, when several modules take it.
 #[derive(Debug, Clone)]
 pub struct Message {
-    pub topic: String,
-    pub payload: Vec<u8>,
+    pub topic: Arc<str>,
+    pub payload: bytes::Bytes,
 }
 
 /// How to run one instance.
@@ -61,8 +61,10 @@ pub struct InstanceConfig {
 /// Where the router sends an instance's messages.
 #[derive(Debug, Clone)]
 pub struct Inbox {
-    tx: SyncSender<Message>,
+    tx: flume::Sender<Message>,
     stats: Arc<Stats>,
+    /// The module's `wedge_module_dropped_total`.
+    dropped: prometheus_client::metrics::counter::Counter,
 }
 
 /// An instance's queue, made before the instance so that messages arriving while its
@@ -70,15 +72,19 @@ pub struct Inbox {
 #[derive(Debug)]
 pub struct Queue {
     inbox: Inbox,
-    rx: Receiver<Message>,
+    pub(crate) rx: flume::Receiver<Message>,
 }
 
 impl Queue {
-    /// A queue of `len` messages whose drops count in `stats`.
-    pub fn new(len: usize, stats: Arc<Stats>) -> Self {
-        let (tx, rx) = sync_channel(len);
+    /// A queue of `len` messages whose drops count in `stats` and `dropped`.
+    pub fn new(
+        len: usize,
+        stats: Arc<Stats>,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        let (tx, rx) = flume::bounded(len);
         Self {
-            inbox: Inbox { tx, stats },
+            inbox: Inbox { tx, stats, dropped },
             rx,
         }
     }
@@ -103,12 +109,48 @@ impl Inbox {
 
     /// Queues a message without blocking; a full queue drops it and counts the drop.
     pub fn offer(&self, message: Message) {
+        if self.try_offer(message).is_some() {
+            self.count_drop();
+        }
+    }
+
+    /// Queues a message if there is room; hands it back when the queue is full. A message
+    /// for an instance that is gone is dropped and counted.
+    pub fn try_offer(&self, message: Message) -> Option<Message> {
         match self.tx.try_send(message) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            Ok(()) => None,
+            Err(flume::TrySendError::Full(message)) => Some(message),
+            Err(flume::TrySendError::Disconnected(_)) => {
+                self.count_drop();
+                None
             }
         }
+    }
+
+    /// Queues a message, waiting for room; `false` when the instance is gone.
+    pub async fn wait_send(&self, message: Message) -> bool {
+        self.tx.send_async(message).await.is_ok()
+    }
+
+    /// Counts a message this module will not see.
+    pub fn count_drop(&self) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped.inc();
+    }
+
+    /// Messages waiting, and room in all.
+    pub fn fill(&self) -> (usize, usize) {
+        (self.tx.len(), self.tx.capacity().unwrap_or(usize::MAX))
+    }
+
+    /// Whether the instance is gone (nothing will take from the queue again).
+    pub fn closed(&self) -> bool {
+        self.tx.is_disconnected()
+    }
+
+    /// Whether both lead to the same queue.
+    pub fn same(&self, other: &Inbox) -> bool {
+        self.tx.same_channel(&other.tx)
     }
 }
 
@@ -132,7 +174,11 @@ impl Instance {
         config: InstanceConfig,
         changed: Arc<Notify>,
     ) -> std::io::Result<Self> {
-        let queue = Queue::new(config.queue, host.stats.clone());
+        let queue = Queue::new(
+            config.queue,
+            host.stats.clone(),
+            host.metrics.dropped.clone(),
+        );
         Self::start_with_queue(runtime, module, host, config, queue, changed)
     }
 
@@ -223,7 +269,7 @@ struct Supervisor {
     module: Compiled,
     host: HostContext,
     config: InstanceConfig,
-    rx: Receiver<Message>,
+    rx: flume::Receiver<Message>,
     status: Arc<Mutex<ModuleStatus>>,
     stop: Arc<AtomicBool>,
     changed: Arc<Notify>,
@@ -373,8 +419,8 @@ impl Supervisor {
                 .unwrap_or(POLL);
             let msg = match self.rx.recv_timeout(wait) {
                 Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return End::Stopped,
+                Err(flume::RecvTimeoutError::Timeout) => continue,
+                Err(flume::RecvTimeoutError::Disconnected) => return End::Stopped,
             };
             if let Err(end) = self.handle(&module, &mut store, msg) {
                 return end;

@@ -34,9 +34,9 @@ impl std::fmt::Debug for Config {
     }
 }
 
-pub use link::{LocalPublisher, LocalReceiver};
+pub use link::{Delivery, LocalPublisher, LocalReceiver};
 // The gate's traits are ours (`wedge-gate`); the patched rumqttd calls them.
-pub use wedge_gate::{Admission, BoxFuture, Gate, Refusal, Session, Stream, Unrestricted};
+pub use wedge_gate::{Admission, BoxFuture, Gate, Pace, Refusal, Session, Stream, Unrestricted};
 
 /// Largest PUBLISH payload the broker accepts unless configured otherwise, bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 256 * 1024;
@@ -267,12 +267,13 @@ mod tests {
         }
         let mut got = 0;
         while got < 500 {
-            let (topic, payload) = tokio::time::timeout(Duration::from_secs(10), receiver.next())
+            let delivery = tokio::time::timeout(Duration::from_secs(10), receiver.next())
                 .await
                 .expect("message within 10 s")
                 .expect("link open");
-            assert_eq!(topic, format!("in/{got}"));
-            assert_eq!(payload, got.to_string().into_bytes());
+            assert_eq!(delivery.topic, format!("in/{got}"));
+            assert_eq!(delivery.payload, got.to_string().into_bytes());
+            assert!(!delivery.acknowledged, "the link publishes at QoS 0");
             got += 1;
         }
     }

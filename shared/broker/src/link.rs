@@ -57,6 +57,17 @@ impl LocalPublisher {
     }
 }
 
+/// One message delivered to the link.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub topic: String,
+    /// Shared with the broker's log: no copy is made until a module call lowers it.
+    pub payload: bytes::Bytes,
+    /// Whether it was published at QoS 1 or 2: its publisher was (or will be) told it was
+    /// delivered, so it must not be dropped. The link itself receives at QoS 0.
+    pub acknowledged: bool,
+}
+
 /// Receives the messages that match the link's subscriptions.
 pub struct LocalReceiver {
     rx: LinkRx,
@@ -69,13 +80,17 @@ impl std::fmt::Debug for LocalReceiver {
 }
 
 impl LocalReceiver {
-    /// The next message as (topic, payload); `None` when the broker is gone.
-    pub async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+    /// The next message; `None` when the broker is gone.
+    pub async fn next(&mut self) -> Option<Delivery> {
         loop {
             match self.rx.next().await {
                 Ok(Some(Notification::Forward(forward))) => {
                     let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
-                    return Some((topic, forward.publish.payload.to_vec()));
+                    return Some(Delivery {
+                        topic,
+                        payload: forward.publish.payload,
+                        acknowledged: forward.published_qos != rumqttd::protocol::QoS::AtMostOnce,
+                    });
                 }
                 // The router stops scheduling a link whose buffer it filled; it must be
                 // told we are ready again or delivery stalls for good.

@@ -9,15 +9,17 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wedge_broker::{
-    Admission, BoxFuture, Config, EmbeddedBroker, Gate, LocalReceiver, Refusal, Session, Stream,
+    Admission, BoxFuture, Config, EmbeddedBroker, Gate, LocalReceiver, Pace, Refusal, Session,
+    Stream,
 };
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Anyone may connect; nobody may publish under `forbidden/` or retain under `noretain/`.
-struct TestGate;
+/// Sessions carry the gate's pace, if it has one.
+struct TestGate(Option<Pace>);
 
-struct TestSession;
+struct TestSession(Option<Pace>);
 
 impl Session for TestSession {
     fn may_publish(&self, topic: &str) -> bool {
@@ -32,6 +34,9 @@ impl Session for TestSession {
     fn ended(&self) -> BoxFuture<()> {
         Box::pin(std::future::pending())
     }
+    fn pace(&self) -> Option<Pace> {
+        self.0.clone()
+    }
 }
 
 impl Gate for TestGate {
@@ -42,13 +47,20 @@ impl Gate for TestGate {
         Box::pin(async move { Ok((Box::new(stream) as Box<dyn Stream>, None)) })
     }
     fn admit(&self, _: Admission) -> BoxFuture<Result<Arc<dyn Session>, Refusal>> {
-        Box::pin(async { Ok(Arc::new(TestSession) as Arc<dyn Session>) })
+        let session = TestSession(self.0.clone());
+        Box::pin(async { Ok(Arc::new(session) as Arc<dyn Session>) })
     }
 }
 
 fn broker() -> (EmbeddedBroker, wedge_broker::LocalPublisher, LocalReceiver) {
+    paced_broker(None)
+}
+
+fn paced_broker(
+    pace: Option<Pace>,
+) -> (EmbeddedBroker, wedge_broker::LocalPublisher, LocalReceiver) {
     let mut cfg = Config::new("127.0.0.1:0".parse().unwrap());
-    cfg.gate = Some(Arc::new(TestGate));
+    cfg.gate = Some(Arc::new(TestGate(pace)));
     EmbeddedBroker::start_with_link(&cfg, "wedge:test-link").unwrap()
 }
 
@@ -136,10 +148,11 @@ async fn closed(stream: &mut TcpStream) {
 
 /// The next message on the in-process link; it must come within the deadline.
 async fn next(receiver: &mut LocalReceiver) -> (String, Vec<u8>) {
-    tokio::time::timeout(DEADLINE, receiver.next())
+    let delivery = tokio::time::timeout(DEADLINE, receiver.next())
         .await
         .expect("a message within the deadline")
-        .expect("link open")
+        .expect("link open");
+    (delivery.topic, delivery.payload.to_vec())
 }
 
 /// An honest client's publish arrives; nothing the hostile client sent came before it.
@@ -251,4 +264,50 @@ async fn qos2_publishes_never_released_are_bounded() {
         .expect("the flood is written or refused in time");
     closed(&mut client).await;
     honest_client_still_served(&broker, &mut receiver).await;
+}
+
+/// While the pace is held a QoS 1 publish is neither acknowledged nor delivered; once it
+/// is released both happen, and the link learns the message was published at QoS 1.
+#[tokio::test]
+async fn a_held_pace_withholds_the_puback_until_it_is_released() {
+    let pace = Pace::default();
+    let (broker, publisher, mut receiver) = paced_broker(Some(pace.clone()));
+    publisher.subscribe("#").unwrap();
+    let (mut device, _) = connected(&broker, "device", true).await;
+
+    device
+        .write_all(&publish("t/0", b"zero", 0, false, 0))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(DEADLINE, receiver.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.topic.as_str(), first.acknowledged), ("t/0", false));
+
+    pace.hold();
+    device
+        .write_all(&publish("t/1", b"one", 1, false, 7))
+        .await
+        .unwrap();
+    // Nothing may arrive while held; a short look is enough to catch a broker that reads
+    // anyway (it acknowledges within a millisecond when it does).
+    let mut puback = [0u8; 4];
+    let early = tokio::time::timeout(Duration::from_millis(300), device.read_exact(&mut puback));
+    assert!(early.await.is_err(), "PUBACK sent while the pace was held");
+    let none = tokio::time::timeout(Duration::from_millis(50), receiver.next()).await;
+    assert!(none.is_err(), "delivered while the pace was held");
+
+    pace.release();
+    tokio::time::timeout(DEADLINE, device.read_exact(&mut puback))
+        .await
+        .expect("PUBACK after release")
+        .unwrap();
+    assert_eq!(puback, [0x40, 0x02, 0, 7]);
+    let second = tokio::time::timeout(DEADLINE, receiver.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((second.topic.as_str(), second.acknowledged), ("t/1", true));
+    assert_eq!(&second.payload[..], b"one");
 }

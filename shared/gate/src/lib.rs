@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -74,6 +75,71 @@ pub trait Session: Send + Sync + 'static {
     }
     /// Resolves when the connection must end now.
     fn ended(&self) -> BoxFuture<()>;
+    /// The pace the connection reads at: while it is held, nothing more is read from the
+    /// client (so nothing more is acknowledged). `None`: read as fast as the client sends.
+    fn pace(&self) -> Option<Pace> {
+        None
+    }
+}
+
+/// Back-pressure shared by the connections of one broker: the consumer that lags holds it,
+/// and every connection carrying it stops reading until it is released.
+///
+/// A QoS 1 PUBLISH is acknowledged as soon as the broker has appended it to its log, so a
+/// consumer that cannot keep up has only one honest way to slow devices down: stop reading
+/// from them. Their inflight windows then fill (no PUBACKs) and TCP does the rest; what was
+/// already read is bounded by one read (at most the connection's inflight count of packets)
+/// per connection.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    held: Arc<tokio::sync::watch::Sender<bool>>,
+    holds: Arc<AtomicU64>,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            held: Arc::new(tokio::sync::watch::Sender::new(false)),
+            holds: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Pace {
+    /// Stops reading on every connection carrying this pace.
+    pub fn hold(&self) {
+        let changed = self
+            .held
+            .send_if_modified(|held| !std::mem::replace(held, true));
+        if changed {
+            self.holds.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lets them read again.
+    pub fn release(&self) {
+        self.held
+            .send_if_modified(|held| std::mem::replace(held, false));
+    }
+
+    pub fn held(&self) -> bool {
+        *self.held.borrow()
+    }
+
+    /// How many times it has been held.
+    pub fn holds(&self) -> u64 {
+        self.holds.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the pace is not held.
+    pub fn released(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.held.subscribe();
+        async move {
+            // An error means the sender is gone, which `self` (an Arc of it) rules out
+            // while anyone can still hold it.
+            let _ = rx.wait_for(|held| !*held).await;
+        }
+    }
 }
 
 /// A session that may do anything and never ends.
@@ -188,5 +254,26 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_held_pace_is_released_once_and_counts_its_holds() {
+        let pace = Pace::default();
+        assert!(!pace.held());
+        pace.released().await;
+
+        pace.hold();
+        pace.hold();
+        assert!(pace.held());
+        let waiting = pace.released();
+        let early = tokio::time::timeout(std::time::Duration::from_millis(20), pace.released());
+        assert!(early.await.is_err(), "released while held");
+
+        pace.release();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("released after release()");
+        assert!(!pace.held());
+        assert_eq!(pace.holds(), 1, "a hold while held is the same hold");
     }
 }

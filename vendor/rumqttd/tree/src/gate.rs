@@ -8,7 +8,7 @@
 //! connections always get clean sessions. Without a gate nothing changes.
 
 pub use wedge_gate::{
-    Admission, BoxFuture, Gate, Refusal, Request, Session, Stream, Unrestricted,
+    Admission, BoxFuture, Gate, Pace, Refusal, Request, Session, Stream, Unrestricted,
 };
 
 use crate::protocol::Packet;

@@ -144,12 +144,20 @@ impl<P: Protocol> RemoteLink<P> {
             None => Box::pin(std::future::pending()),
         };
 
+        // Wedge patch: while the session's pace is held (the broker's consumer lags),
+        // nothing more is read from the device. Packets read are acknowledged as soon as
+        // the router appends them, so not reading is the only way to withhold PUBACKs:
+        // the device's inflight window fills and TCP slows it down.
+        let pace = self.session.as_ref().and_then(|session| session.pace());
+
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
+            let held = pace.as_ref().is_some_and(|pace| pace.held());
             select! {
                 _ = &mut ended => return Err(Error::Ended),
-                o = self.network.read() => {
+                _ = released(pace.as_ref()), if held => {}
+                o = self.network.read(), if !held => {
                     let packet = o?;
                     // Wedge patch: every packet is read into a batch of this connection's
                     // own and checked by the gate before any of it enters the router's
@@ -198,6 +206,14 @@ impl<P: Protocol> RemoteLink<P> {
                 }
             }
         }
+    }
+}
+
+/// Resolves when the pace is released (never without one).
+async fn released(pace: Option<&crate::gate::Pace>) {
+    match pace {
+        Some(pace) => pace.released().await,
+        None => std::future::pending().await,
     }
 }
 

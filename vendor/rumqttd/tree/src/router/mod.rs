@@ -10,7 +10,7 @@ use crate::{
     protocol::{
         ConnAck, ConnAckProperties, Disconnect, DisconnectProperties, Packet, PingResp, PubAck,
         PubAckProperties, PubComp, PubCompProperties, PubRec, PubRecProperties, PubRel,
-        PubRelProperties, Publish, PublishProperties, SubAck, SubAckProperties, UnsubAck,
+        PubRelProperties, Publish, PublishProperties, QoS, SubAck, SubAckProperties, UnsubAck,
     },
     ConnectionId, Filter, RouterId, Topic,
 };
@@ -116,6 +116,10 @@ pub struct Forward {
     pub size: usize,
     pub publish: Publish,
     pub properties: Option<PublishProperties>,
+    /// Wedge patch: the QoS the message was published with; `publish.qos` is the QoS it
+    /// is delivered with (at most the subscription's). A local link subscribed at QoS 0
+    /// can tell from it which messages their publishers need delivered.
+    pub published_qos: QoS,
 }
 
 #[derive(Debug, Clone)]

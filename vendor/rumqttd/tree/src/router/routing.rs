@@ -1579,6 +1579,7 @@ fn forward_device_data(
     let forwards = publishes
         .into_iter()
         .map(|((mut publish, mut properties), offset)| {
+            let published_qos = publish.qos;
             publish.qos = protocol::qos(qos).unwrap();
 
             // if there is some topic alias to use, set it in publish properties
@@ -1605,6 +1606,7 @@ fn forward_device_data(
                 size: 0,
                 publish,
                 properties,
+                published_qos,
             }
         });
 
