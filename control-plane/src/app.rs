@@ -74,10 +74,17 @@ impl App {
             config.external_credentials()?,
         );
         let plans = Arc::new(Assignments::default());
+        let lifecycle = Lifecycle::new("control plane");
+        let shutdown = lifecycle.token();
+        let tracker = lifecycle.tracker();
+        let (precompiler, precompiling) =
+            crate::precompile::Precompiler::new(store.clone(), shutdown.clone());
+        tracker.spawn(precompiling);
         let reconciler = Arc::new(Reconciler::new(
             store.clone(),
             plans.clone(),
             outbox.clone(),
+            precompiler.clone(),
         ));
         let rollouts = Arc::new(
             RolloutEngine::load(store.clone(), fleet.clone(), reconciler.clone(), plans)
@@ -90,10 +97,6 @@ impl App {
             .with_context(|| format!("cannot listen for the API on {}", config.api_listen))?;
         let api_addr = listener.local_addr()?;
 
-        let lifecycle = Lifecycle::new("control plane");
-        let shutdown = lifecycle.token();
-        let tracker = lifecycle.tracker();
-
         let ctx = link::Context {
             store: store.clone(),
             fleet: fleet.clone(),
@@ -102,6 +105,7 @@ impl App {
             outbox,
             counters: counters.clone(),
             identity: identity.clone(),
+            precompiler: precompiler.clone(),
         };
         tracker.spawn(session.run(ctx, shutdown.clone()));
         tracker.spawn(rollouts.clone().run(shutdown.clone()));
@@ -131,6 +135,7 @@ impl App {
                 max_module_size: config.max_module_size,
                 max_desired_bytes: config.mqtt_max_payload,
                 identity: identity.clone(),
+                precompiler,
             },
             guard,
         );

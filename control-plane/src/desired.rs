@@ -26,6 +26,7 @@ pub fn spec(d: &DeploymentRecord) -> ModuleSpec {
         tick_ms: d.tick_ms,
         limits: d.limits.clone(),
         signature: d.module.signature.clone(),
+        native: None,
     }
 }
 

@@ -458,6 +458,7 @@ mod tests {
             modules: vec![],
             buffer: Default::default(),
             resources: Default::default(),
+            precompile_key: None,
         }
     }
 

@@ -38,6 +38,7 @@ pub mod link;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
+pub mod precompile;
 pub mod reconcile;
 pub mod rollout;
 pub mod state;

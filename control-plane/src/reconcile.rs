@@ -36,6 +36,8 @@ pub struct Reconciler {
     store: Store,
     plans: Arc<Assignments>,
     outbox: Outbox,
+    /// Adds the native code each node can load.
+    natives: Arc<crate::precompile::Precompiler>,
     /// Serialises recomputation so two changes never race on a node's generation.
     lock: tokio::sync::Mutex<()>,
     last_sent: Mutex<HashMap<String, Instant>>,
@@ -44,11 +46,17 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(store: Store, plans: Arc<Assignments>, outbox: Outbox) -> Self {
+    pub fn new(
+        store: Store,
+        plans: Arc<Assignments>,
+        outbox: Outbox,
+        natives: Arc<crate::precompile::Precompiler>,
+    ) -> Self {
         Self {
             store,
             plans,
             outbox,
+            natives,
             lock: tokio::sync::Mutex::new(()),
             last_sent: Mutex::new(HashMap::new()),
             generations: Mutex::new(HashMap::new()),
@@ -79,7 +87,8 @@ impl Reconciler {
         let _guard = self.lock.lock().await;
         let mut changed = Vec::new();
         for id in ids {
-            let modules = self.plans.modules_for(&id);
+            let mut modules = self.plans.modules_for(&id);
+            self.natives.offer(&id, &mut modules);
             let current = self.store.desired(&id)?;
             if let Some(next) = desired::next(current.as_ref(), modules) {
                 changed.push((id, next));

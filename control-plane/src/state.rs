@@ -20,4 +20,5 @@ pub struct AppState {
     pub max_desired_bytes: usize,
     pub identity: Option<Arc<crate::identity::NodeIdentities>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub precompiler: Arc<crate::precompile::Precompiler>,
 }

@@ -295,5 +295,21 @@ fn profile(config: &Config) -> anyhow::Result<NodeProfile> {
         max_module_size: config.max_module_size,
         limits: config.limits.clone(),
         trusted_publishers: config.trusted_keys()?,
+        precompile_key: precompile_key(config),
     })
+}
+
+/// The node's precompile key, unless it compiles its modules itself: by choice
+/// (`precompiled = false`) or because it requires signed modules.
+fn precompile_key(config: &Config) -> Option<String> {
+    if !config.precompiled || !config.trusted_publishers.is_empty() {
+        return None;
+    }
+    match wedge_engine::key(&wedge_engine::host_triple()) {
+        Ok(key) => Some(key),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot name this node's native code; it compiles modules itself");
+            None
+        }
+    }
 }

@@ -53,6 +53,10 @@ pub struct Config {
     /// Publisher keys (`ed25519:<base64>`) this node trusts; when any are given, only modules
     /// signed by one of them run. Empty: signatures are not required.
     pub trusted_publishers: Vec<String>,
+    /// Load modules the control plane compiled ahead of time for this node instead of
+    /// compiling them here. Ignored (the node compiles) when `trusted_publishers` is set:
+    /// native code is not what a publisher signed.
+    pub precompiled: bool,
     /// Who may use the local broker.
     pub devices: crate::devices::DevicesConfig,
     /// Log filter (`info`, `warn,wedge_edge_node=debug`, …); `RUST_LOG` wins over it.
@@ -97,6 +101,7 @@ impl Config {
             buffer_full,
             buffer_ttl_secs,
             trusted_publishers,
+            precompiled,
             devices,
         )
     }
@@ -179,6 +184,7 @@ impl Default for Config {
             buffer_ttl_secs: None,
             limits: ModuleLimits::default(),
             trusted_publishers: Vec::new(),
+            precompiled: true,
             devices: Default::default(),
             log_level: None,
         }

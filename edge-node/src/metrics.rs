@@ -5,7 +5,8 @@
 //!   (`local`: published on the local broker; `uplink`: emitted as telemetry),
 //!   `wedge_module_call_duration_seconds{call}` (`init`, `message`, `tick`),
 //!   `wedge_module_traps_total`, `wedge_module_restarts_total`,
-//!   `wedge_module_dropped_total` (messages its full queue dropped). A module's series stay
+//!   `wedge_module_dropped_total` (messages its full queue dropped); and
+//!   `wedge_module_loads_total{source}` (`cache`, `precompiled`, `compiled`). A module's series stay
 //!   after it is removed (counters must not vanish mid-scrape); they are few.
 //! - Read when scraped, from the state the node already keeps, so heartbeat and metrics
 //!   never disagree: the telemetry buffer (`wedge_buffer_pending_records`,
@@ -31,6 +32,11 @@ use crate::uplink;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ModuleLabel {
     module: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -91,6 +97,7 @@ pub struct Metrics {
     traps: Family<ModuleLabel, Counter>,
     restarts: Family<ModuleLabel, Counter>,
     dropped: Family<ModuleLabel, Counter>,
+    loads: Family<SourceLabel, Counter>,
 }
 
 impl Metrics {
@@ -105,6 +112,13 @@ impl Metrics {
         let traps = Family::<ModuleLabel, Counter>::default();
         let restarts = Family::<ModuleLabel, Counter>::default();
         let dropped = Family::<ModuleLabel, Counter>::default();
+        let loads = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "wedge_module_loads",
+            "Modules made ready to run, by where their code came from: `cache` (compiled \
+             before), `precompiled` (native code from the control plane), `compiled` (here)",
+            loads.clone(),
+        );
         registry.register(
             "wedge_module_messages_in",
             "Local messages handed to a module",
@@ -151,7 +165,15 @@ impl Metrics {
             traps,
             restarts,
             dropped,
+            loads,
         }
+    }
+
+    /// The count of module loads whose code came from `source`.
+    pub fn loads(&self, source: &str) -> Counter {
+        self.loads.get_or_create_owned(&SourceLabel {
+            source: source.to_string(),
+        })
     }
 
     /// The series of the module named `name` (created on first use).

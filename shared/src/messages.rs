@@ -31,6 +31,9 @@ pub fn bounded_text(mut text: String, max: usize) -> String {
 }
 
 /// What a node publishes on its status topic.
+// One status message is decoded at a time and never stored in bulk: the size of the
+// smaller variant does not matter, and boxing would change every constructor.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StatusMessage {
     /// A periodic report of what the node runs.
@@ -59,6 +62,11 @@ pub struct Heartbeat {
     pub buffer: BufferStatus,
     #[serde(default)]
     pub resources: Resources,
+    /// What native code the node loads (`TRIPLE/HASH`, see `wedge-engine`), so the control
+    /// plane can compile its modules ahead of time; `None`: it compiles them itself (it
+    /// requires signed modules, or is older).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precompile_key: Option<String>,
 }
 
 /// The node's disk (the file system of its data directory) and memory; 0 means unknown.
@@ -181,6 +189,21 @@ pub struct ModuleSpec {
     /// uploaded signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<crate::signing::ModuleSignature>,
+    /// The module compiled ahead of time by the control plane for this node's precompile
+    /// key ([`Heartbeat::precompile_key`]), fetched like a module blob. A node that requires
+    /// signatures ignores it: native code is not what the publisher signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeArtifact>,
+}
+
+/// A module's native code for one precompile key: a blob like the module's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeArtifact {
+    /// The precompile key it was compiled for (`TRIPLE/HASH`).
+    pub key: String,
+    /// SHA-256 of the artifact.
+    pub digest: Digest,
+    pub size: u64,
 }
 
 /// Sandbox limits of one module instance.
@@ -407,6 +430,8 @@ mod tests {
                         memory_available_bytes: 3,
                         memory_total_bytes: sent_at_ms,
                     },
+                    precompile_key: (dg % 2 == 0)
+                        .then(|| format!("x86_64-unknown-linux-gnu/{ag:016x}")),
                 },
             )
     }
@@ -452,6 +477,11 @@ mod tests {
                                 digest: &digest,
                             };
                             crate::signing::ModuleSignature::sign(&[3; 32], m)
+                        }),
+                        native: (size % 3 == 0).then(|| NativeArtifact {
+                            key: "aarch64-unknown-linux-gnu/0123456789abcdef".into(),
+                            digest: Digest::of(&size.to_be_bytes()),
+                            size: size / 2,
                         }),
                     }
                 },

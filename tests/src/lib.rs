@@ -196,6 +196,7 @@ pub fn idle_heartbeat(node: &str) -> Vec<u8> {
         modules: Vec::new(),
         buffer: Default::default(),
         resources: Default::default(),
+        precompile_key: None,
     }))
 }
 

@@ -256,6 +256,7 @@ async fn run_node(
             modules: st.modules.clone(),
             buffer: Default::default(),
             resources: Default::default(),
+            precompile_key: None,
         }))
     };
     let beat = |payload: Vec<u8>| {

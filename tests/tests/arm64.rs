@@ -1,6 +1,7 @@
 //! The ARM64 build (`deploy/build-arm64`: static aarch64-unknown-linux-musl) runs under
 //! qemu-aarch64-static against a control plane on this (x86-64) machine: it enrolls, reports
-//! arch `aarch64`, fetches a module, compiles it for ARM64 and acts on a device's messages.
+//! arch `aarch64`, loads the native code the control plane compiled for it (cross-compiled
+//! from x86-64) and acts on a device's messages.
 //!
 //! `.ci/run` builds the binary first. Outside CI, without the binary, the test says how to
 //! build it and passes; in CI (`CI` set) a missing binary or emulator fails it.
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use wedge_tests::process::{Proc, free_port, program};
-use wedge_tests::{ControlPlane, Device};
+use wedge_tests::{ControlPlane, Device, metric, wait_for};
 
 /// Emulated, the node compiles modules an order of magnitude slower.
 const DEADLINE: Duration = Duration::from_secs(300);
@@ -51,7 +52,7 @@ async fn arm64_node_runs_a_module_under_qemu() -> anyhow::Result<()> {
     let local: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let mut cmd = Command::new(qemu);
     cmd.arg(&binary);
-    let _node = Proc::node_with(
+    let node_proc = Proc::node_with(
         cmd,
         "arm-1",
         &dir.path().join("node"),
@@ -63,7 +64,22 @@ async fn arm64_node_runs_a_module_under_qemu() -> anyhow::Result<()> {
     let node = cp.api.wait_status("arm-1", "online", DEADLINE).await?;
     assert_eq!(node["arch"], "aarch64", "{node}");
 
+    // The node is known (with its precompile key) before the upload: the control plane
+    // compiles the module for aarch64 (cross-compiling) and the node loads that code
+    // instead of compiling under the emulator.
     cp.api.upload_module("threshold-alert", "1").await?;
+    let native = wait_for("the module precompiled for aarch64", DEADLINE, || async {
+        let (_, modules) = cp.api.get("/api/v1/modules").await.ok()?;
+        modules.as_array()?.iter().find_map(|m| {
+            m["precompiled"].as_array()?.iter().find_map(|n| {
+                let key = n["key"].as_str()?;
+                key.starts_with("aarch64-unknown-linux-musl/")
+                    .then(|| key.to_string())
+            })
+        })
+    })
+    .await?;
+    eprintln!("precompiled for {native}");
     let (status, body) = cp
         .api
         .post_json(
@@ -77,6 +93,20 @@ async fn arm64_node_runs_a_module_under_qemu() -> anyhow::Result<()> {
     cp.api
         .wait_module_state("arm-1", "alert", "running", DEADLINE)
         .await?;
+
+    let metrics = wedge_tests::Api::new(node_proc.http_addr()?)
+        .get_text("/metrics")
+        .await?
+        .1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "wedge_module_loads_total",
+            &[("source", "precompiled")]
+        ),
+        Some(1.0),
+        "the node loaded the control plane's native code:\n{metrics}"
+    );
 
     let mut device = Device::connect(local, "sensor", &["alerts/#"]).await?;
     device.publish("sensors/temp", b"10").await?;

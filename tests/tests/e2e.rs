@@ -17,6 +17,7 @@ mod layers;
 mod metrics;
 mod modules;
 mod mosquitto;
+mod precompile;
 mod restarts;
 mod rollout;
 mod scaffold;

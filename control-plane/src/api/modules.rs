@@ -46,6 +46,29 @@ pub struct ModuleView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "name-version-digest")]
     pub signature_covers: Option<String>,
+    /// Native code compiled from it for nodes, by precompile key (listed by `GET
+    /// /modules`; nodes with that key load it instead of compiling).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub precompiled: Vec<NativeView>,
+}
+
+/// Native code compiled from a module for nodes with one precompile key.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NativeView {
+    /// The precompile key (`TRIPLE/HASH`) nodes report in their heartbeats.
+    pub key: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+impl From<wedge_proto::messages::NativeArtifact> for NativeView {
+    fn from(n: wedge_proto::messages::NativeArtifact) -> Self {
+        Self {
+            key: n.key,
+            digest: n.digest.to_string(),
+            size: n.size,
+        }
+    }
 }
 
 impl From<&ModuleRecord> for ModuleView {
@@ -61,6 +84,7 @@ impl From<&ModuleRecord> for ModuleView {
                 .as_ref()
                 .map(|s| wedge_proto::signing::format_public_key(&s.public_key)),
             signature_covers: m.signature.as_ref().map(|s| s.covers.as_str().to_owned()),
+            precompiled: Vec::new(),
         }
     }
 }
@@ -83,7 +107,18 @@ struct UploadParams {
 async fn list(State(state): State<AppState>) -> Result<Json<Vec<ModuleView>>, ApiError> {
     let mut modules = state.store.modules()?;
     modules.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-    Ok(Json(modules.iter().map(ModuleView::from).collect()))
+    let mut views = Vec::with_capacity(modules.len());
+    for m in &modules {
+        let mut view = ModuleView::from(m);
+        view.precompiled = state
+            .store
+            .natives(&m.digest)?
+            .into_iter()
+            .map(NativeView::from)
+            .collect();
+        views.push(view);
+    }
+    Ok(Json(views))
 }
 
 /// Uploads a WebAssembly component. Uploading the same bytes again answers 200 with the
@@ -193,6 +228,7 @@ async fn upload(
         .await
         .map_err(ApiError::internal)??;
     tracing::info!(module = %record.name, version = %record.version, digest = %record.digest, "module uploaded");
+    state.precompiler.uploaded(record.digest);
     Ok((StatusCode::CREATED, Json(ModuleView::from(&record))))
 }
 

@@ -126,6 +126,8 @@ async fn on_status(ctx: &Context, msg: &Inbound) -> anyhow::Result<()> {
     match status {
         StatusMessage::Heartbeat(hb) => {
             let desired_generation = hb.desired_generation;
+            ctx.precompiler
+                .node_key(&msg.node, hb.precompile_key.as_deref());
             if !msg.retained {
                 ctx.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
             }
@@ -219,10 +221,11 @@ async fn on_blob_request(
     // A node gets only the modules its own desired state names: another deployment's code
     // (perhaps a competitor's, perhaps carrying secrets in its data) is "not found" to it,
     // whether or not it exists.
-    let wanted = ctx
-        .store
-        .desired(&msg.node)?
-        .is_some_and(|d| d.modules.iter().any(|m| m.digest == req.digest));
+    let wanted = ctx.store.desired(&msg.node)?.is_some_and(|d| {
+        d.modules.iter().any(|m| {
+            m.digest == req.digest || m.native.as_ref().is_some_and(|n| n.digest == req.digest)
+        })
+    });
     let blob = if wanted {
         ctx.store.blob(&req.digest)?
     } else {

@@ -69,6 +69,7 @@ pub struct Context {
     pub outbox: Outbox,
     pub counters: Arc<Counters>,
     pub identity: Option<Arc<crate::identity::NodeIdentities>>,
+    pub precompiler: Arc<crate::precompile::Precompiler>,
 }
 
 /// Creates the client; [`LinkSession::run`] drives it.

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::{Serialize, de::DeserializeOwned};
 use wedge_proto::Digest;
+use wedge_proto::messages::NativeArtifact;
 
 mod telemetry;
 
@@ -44,6 +45,9 @@ const NODES: &str = "nodes";
 const DESIRED: &str = "desired";
 const REVISIONS: &str = "revisions";
 const ROLLOUTS: &str = "rollouts";
+/// Native code compiled for nodes: `<module digest hex>/<precompile key>` → the artifact
+/// (its blob is in `blobs` under its own digest).
+const NATIVES: &str = "natives";
 
 /// The control plane's store. Cheap to clone.
 #[derive(Clone)]
@@ -145,6 +149,43 @@ impl Store {
             .open_tree(BLOBS)?
             .get(digest.hex())?
             .map(|b| b.to_vec()))
+    }
+
+    /// Stores native code compiled from `module` (blob first, then the record).
+    pub fn put_native(
+        &self,
+        module: &Digest,
+        native: &NativeArtifact,
+        artifact: &[u8],
+    ) -> Result<()> {
+        self.db
+            .open_tree(BLOBS)?
+            .insert(native.digest.hex(), artifact)?;
+        self.put(NATIVES, &format!("{}/{}", module.hex(), native.key), native)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The native code compiled from `module` for `key`, if any.
+    pub fn native(&self, module: &Digest, key: &str) -> Result<Option<NativeArtifact>> {
+        self.get(NATIVES, &format!("{}/{key}", module.hex()))
+    }
+
+    /// All native code compiled from `module`.
+    pub fn natives(&self, module: &Digest) -> Result<Vec<NativeArtifact>> {
+        let tree = self.db.open_tree(NATIVES)?;
+        let mut out = Vec::new();
+        for entry in tree.scan_prefix(format!("{}/", module.hex())) {
+            let (key, value) = entry?;
+            out.push(
+                serde_json::from_slice(&value).map_err(|source| Error::Corrupt {
+                    tree: NATIVES,
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
     }
 
     /// Stores a deployment revision: as the deployment's latest and in its history.

@@ -27,7 +27,7 @@ pub fn diff(desired: &[ModuleSpec], running: &BTreeMap<String, ModuleSpec>) -> A
     let mut actions = Actions::default();
     for spec in desired {
         match running.get(&spec.name) {
-            Some(current) if current == spec => {
+            Some(current) if same_but_native(current, spec) => {
                 actions.keep.insert(spec.name.clone());
             }
             _ => actions.start.push(spec.clone()),
@@ -39,6 +39,18 @@ pub fn diff(desired: &[ModuleSpec], running: &BTreeMap<String, ModuleSpec>) -> A
         .cloned()
         .collect();
     actions
+}
+
+/// Equal but for the native code the control plane offers: a module that runs (however it
+/// was compiled) is not restarted because precompiled code for it became available.
+fn same_but_native(a: &ModuleSpec, b: &ModuleSpec) -> bool {
+    ModuleSpec {
+        native: None,
+        ..a.clone()
+    } == ModuleSpec {
+        native: None,
+        ..b.clone()
+    }
 }
 
 #[cfg(test)]
@@ -60,6 +72,7 @@ mod tests {
             tick_ms: None,
             limits: Default::default(),
             signature: None,
+            native: None,
         }
     }
 
@@ -78,6 +91,20 @@ mod tests {
             actions.retire,
             BTreeSet::from(["changed".to_string(), "gone".to_string()])
         );
+    }
+
+    #[test]
+    fn native_code_appearing_does_not_restart_a_running_module() {
+        let running = BTreeMap::from([("m".to_string(), spec("m", 1))]);
+        let mut offered = spec("m", 1);
+        offered.native = Some(wedge_proto::messages::NativeArtifact {
+            key: "x86_64-unknown-linux-gnu/0000000000000001".into(),
+            digest: Digest::of(b"native"),
+            size: 6,
+        });
+        let actions = diff(&[offered], &running);
+        assert_eq!(actions.keep, BTreeSet::from(["m".to_string()]));
+        assert!(actions.start.is_empty() && actions.retire.is_empty());
     }
 
     proptest! {

@@ -4,13 +4,21 @@
 //!
 //! Fetching a missing blob is the agent's (it owns the fetcher and the uplink): the
 //! launcher says [`Launch::NeedsBlob`].
+//!
+//! Where the code comes from, in order: the node's cache of compiled modules; native code
+//! the control plane compiled for this node's precompile key (when the desired state
+//! offers it and the node accepts it: not when it requires signatures); the module itself,
+//! compiled here. Native code that does not load (another wasmtime, a CPU without a
+//! feature it uses, a corrupt artifact) is not tried again for that module: the node
+//! fetches the module and compiles it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use wedge_broker::LocalPublisher;
-use wedge_proto::messages::ModuleSpec;
+use wedge_proto::Digest;
+use wedge_proto::messages::{ModuleSpec, NativeArtifact};
 use wedge_proto::rules::{MIN_CALL_TIMEOUT_MS, MIN_MEMORY_BYTES, MIN_TICK_MS};
 use wedge_proto::signing::{self, Covers, Signed};
 
@@ -24,8 +32,17 @@ use crate::store::Store;
 #[derive(Debug)]
 pub enum Launch {
     Started(Box<Instance>),
-    /// The blob is not in the store yet.
-    NeedsBlob,
+    /// This blob (the module's, or its native code) is not in the store yet.
+    NeedsBlob {
+        digest: Digest,
+        size: u64,
+    },
+}
+
+/// Where a module's code comes from.
+enum Code {
+    Ready(crate::runtime::Compiled),
+    Needs(Digest, u64),
 }
 
 /// The parts of the node an instance is made from.
@@ -39,6 +56,8 @@ pub struct Launcher {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Notified when an instance's state changes (the agent reports then).
     pub changed: Arc<Notify>,
+    /// Modules (by digest) whose native code did not load: they are compiled here.
+    pub native_failed: std::sync::Mutex<std::collections::HashSet<Digest>>,
 }
 
 impl Launcher {
@@ -53,11 +72,11 @@ impl Launcher {
         report: impl Fn(),
     ) -> Result<Launch, String> {
         check(profile, spec)?;
-        let Some(blob) = self.store.blob(&spec.digest).map_err(|e| e.to_string())? else {
-            return Ok(Launch::NeedsBlob);
-        };
         let config = instance_config(profile, spec)?;
-        let compiled = self.compile(profile, spec, blob, report).await?;
+        let compiled = match self.code(profile, spec, report).await? {
+            Code::Ready(compiled) => compiled,
+            Code::Needs(digest, size) => return Ok(Launch::NeedsBlob { digest, size }),
+        };
         let host = self.host_context(profile, spec, queue.stats())?;
         Instance::start_with_queue(
             self.runtime.clone(),
@@ -71,13 +90,90 @@ impl Launcher {
         .map_err(|e| format!("cannot start module thread: {e}"))
     }
 
+    /// The native code the node would load for `spec`, if it is offered and usable.
+    pub fn native<'a>(
+        &self,
+        profile: &NodeProfile,
+        spec: &'a ModuleSpec,
+    ) -> Option<&'a NativeArtifact> {
+        let native = spec.native.as_ref()?;
+        let failed = self
+            .native_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&spec.digest);
+        (profile.precompile_key.as_ref() == Some(&native.key) && !failed).then_some(native)
+    }
+
+    /// Gives up on `spec`'s native code: the module is compiled here from now on.
+    pub fn refuse_native(&self, module: Digest) {
+        self.native_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(module);
+    }
+
+    async fn code(
+        &self,
+        profile: &NodeProfile,
+        spec: &ModuleSpec,
+        report: impl Fn(),
+    ) -> Result<Code, String> {
+        let source = |s: &str| self.metrics.loads(s);
+        if let Some(native) = self.native(profile, spec) {
+            let runtime = self.runtime.clone();
+            let digest = spec.digest;
+            let cached = tokio::task::spawn_blocking(move || runtime.cached(&digest))
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(compiled) = cached {
+                source("cache").inc();
+                return compiled.map(Code::Ready).map_err(|e| e.to_string());
+            }
+            let Some(artifact) = self.store.blob(&native.digest).map_err(|e| e.to_string())? else {
+                return Ok(Code::Needs(native.digest, native.size));
+            };
+            let runtime = self.runtime.clone();
+            let loaded =
+                tokio::task::spawn_blocking(move || runtime.load_native(&digest, &artifact)).await;
+            match loaded {
+                Ok(Ok((compiled, _))) => {
+                    tracing::info!(
+                        module = spec.name,
+                        key = native.key,
+                        "module loaded from native code the control plane compiled"
+                    );
+                    source("precompiled").inc();
+                    return Ok(Code::Ready(compiled));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(module = spec.name, error = %e, "the control plane's native code does not load here; compiling the module");
+                }
+                Err(e) => {
+                    tracing::warn!(module = spec.name, error = %e, "loading native code failed; compiling the module")
+                }
+            }
+            self.refuse_native(spec.digest);
+        }
+        let Some(blob) = self.store.blob(&spec.digest).map_err(|e| e.to_string())? else {
+            return Ok(Code::Needs(spec.digest, spec.size));
+        };
+        let (compiled, from) = self.compile(profile, spec, blob, report).await?;
+        source(match from {
+            crate::runtime::cache::Source::Cached => "cache",
+            _ => "compiled",
+        })
+        .inc();
+        Ok(Code::Ready(compiled))
+    }
+
     async fn compile(
         &self,
         profile: &NodeProfile,
         spec: &ModuleSpec,
         blob: Vec<u8>,
         report: impl Fn(),
-    ) -> Result<crate::runtime::Compiled, String> {
+    ) -> Result<(crate::runtime::Compiled, crate::runtime::cache::Source), String> {
         let runtime = self.runtime.clone();
         let digest = spec.digest;
         let started = Instant::now();
@@ -100,7 +196,7 @@ impl Launcher {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         tracing::info!(module = spec.name, %digest, ?source, took = ?started.elapsed(), "module loaded");
-        Ok(compiled)
+        Ok((compiled, source))
     }
 
     fn host_context(

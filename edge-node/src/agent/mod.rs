@@ -50,6 +50,9 @@ pub struct NodeProfile {
     pub limits: ModuleLimits,
     /// Publisher keys whose signatures this node requires (empty: none required).
     pub trusted_publishers: Vec<[u8; 32]>,
+    /// The key of native code this node loads from the control plane (`wedge-engine`);
+    /// `None`: it compiles every module itself.
+    pub precompile_key: Option<String>,
 }
 
 /// What a SIGHUP may change while the agent runs.
@@ -127,6 +130,7 @@ impl Agent {
                 publisher,
                 metrics,
                 changed: Arc::new(Notify::new()),
+                native_failed: Default::default(),
             },
             routes,
             uplink,
@@ -225,6 +229,13 @@ impl Agent {
                 }
             }
             Inbound::Blob(BlobReply::NotFound { digest }) => {
+                if let Some(module) = self.module_of_native(&digest) {
+                    // The control plane no longer has the native code it offered: compile.
+                    tracing::warn!(%digest, "the control plane has no such native code; compiling the module");
+                    self.launcher.refuse_native(module);
+                    self.converge().await;
+                    return;
+                }
                 tracing::warn!(%digest, "the control plane has no such blob");
                 self.fetcher.not_found(&digest, Instant::now());
                 self.mark_waiting_digest(
@@ -255,8 +266,19 @@ impl Agent {
         self.converge().await;
     }
 
+    /// The module whose native code has digest `blob`, if any.
+    fn module_of_native(&self, blob: &Digest) -> Option<Digest> {
+        self.desired
+            .as_ref()?
+            .modules
+            .iter()
+            .find(|m| m.native.as_ref().is_some_and(|n| n.digest == *blob))
+            .map(|m| m.digest)
+    }
+
     fn mark_waiting_digest(&mut self, digest: &Digest, state: ModuleState, error: Option<String>) {
-        status::mark_digest(&mut self.waiting, digest, state, error);
+        let digest = self.module_of_native(digest).unwrap_or(*digest);
+        status::mark_digest(&mut self.waiting, &digest, state, error);
         self.report();
     }
 
@@ -265,7 +287,15 @@ impl Agent {
         let Some(desired) = self.desired.clone() else {
             return;
         };
-        let wanted: Vec<Digest> = desired.modules.iter().map(|m| m.digest).collect();
+        // The modules, and the native code the node would load for them.
+        let wanted: Vec<Digest> = desired
+            .modules
+            .iter()
+            .flat_map(|m| {
+                let native = self.launcher.native(&self.profile, m).map(|n| n.digest);
+                std::iter::once(m.digest).chain(native)
+            })
+            .collect();
         self.fetcher.retain(&wanted);
 
         let running = self
@@ -331,8 +361,8 @@ impl Agent {
                 self.instances
                     .insert(spec.name.clone(), (spec.clone(), *inst));
             }
-            Ok(Launch::NeedsBlob) => {
-                if let Some(req) = self.fetcher.want(spec.digest, spec.size, Instant::now()) {
+            Ok(Launch::NeedsBlob { digest, size }) => {
+                if let Some(req) = self.fetcher.want(digest, size, Instant::now()) {
                     self.uplink.blob_request(&req);
                 }
                 let fetching = status::waiting(spec, ModuleState::Fetching, None);

@@ -69,6 +69,7 @@ pub fn heartbeat(profile: &NodeProfile, report: Report) -> Heartbeat {
         modules: report.modules,
         buffer: report.buffer,
         resources: report.resources,
+        precompile_key: profile.precompile_key.clone(),
     }
 }
 

@@ -26,6 +26,8 @@ pub enum Source {
     Cached,
     /// Compiled now (and written to the cache when there is one).
     Compiled,
+    /// Native code from the control plane (and written to the cache).
+    Precompiled,
 }
 
 /// The cache directory and this engine's key.

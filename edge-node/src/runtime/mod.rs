@@ -19,17 +19,17 @@ mod limits;
 
 use std::time::Duration;
 
+use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine};
 
 pub use host::{HostContext, Stats};
 pub use instance::{Instance, InstanceConfig, Message, Queue};
 pub use limits::InstanceLimits;
 
 /// Address space reserved per linear memory up front.
-pub const MEMORY_RESERVATION: u64 = 8 * 1024 * 1024;
+pub const MEMORY_RESERVATION: u64 = wedge_engine::MEMORY_RESERVATION;
 /// Guard region after each linear memory.
-pub const MEMORY_GUARD: u64 = 64 * 1024;
+pub const MEMORY_GUARD: u64 = wedge_engine::MEMORY_GUARD;
 /// One epoch tick; call deadlines are counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -83,14 +83,9 @@ impl std::fmt::Debug for Runtime {
 impl Runtime {
     /// A runtime; compiled modules are cached in `cache_dir` when one is given.
     pub fn new(cache_dir: Option<&std::path::Path>) -> Result<Self, Error> {
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .memory_reservation(MEMORY_RESERVATION)
-            .memory_guard_size(MEMORY_GUARD)
-            .memory_reservation_for_growth(1024 * 1024);
-        let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let engine = wedge_engine::config(None)
+            .and_then(|config| Engine::new(&config))
+            .map_err(|e| Error::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
@@ -169,6 +164,42 @@ impl Runtime {
         Ok((compiled, cache::Source::Compiled))
     }
 
+    /// Loads native code the control plane compiled for this node's precompile key (see
+    /// `wedge-engine`) for the module with digest `digest`, and caches it. An error means the
+    /// node should compile the module itself.
+    ///
+    /// Trust: wasmtime does not validate native code, so this runs whatever the artifact
+    /// holds. It comes from the control plane over the node's mutually authenticated link,
+    /// verified against the digest the desired state names — the same authority that
+    /// chooses which modules the node runs; nodes that require publisher signatures never
+    /// call this (the agent does not).
+    #[allow(unsafe_code)]
+    pub fn load_native(
+        &self,
+        digest: &wedge_proto::Digest,
+        artifact: &[u8],
+    ) -> Result<(Compiled, cache::Source), Error> {
+        if wasmtime::Engine::detect_precompiled(artifact) != Some(wasmtime::Precompiled::Component)
+        {
+            return Err(Error::Compile("not a precompiled component".into()));
+        }
+        // SAFETY: see the trust note above; wasmtime checks the artifact was made by this
+        // wasmtime version with compatible settings and CPU features before using it.
+        let component = unsafe { Component::deserialize(&self.engine, artifact) }
+            .map_err(|e| Error::Compile(format!("{e:#}")))?;
+        let compiled = self.link(&component)?;
+        if let Some(cache) = &self.cache {
+            cache.store(digest, &component);
+        }
+        Ok((compiled, cache::Source::Precompiled))
+    }
+
+    /// The compiled module for `digest` from the cache, if it holds a loadable entry.
+    pub fn cached(&self, digest: &wedge_proto::Digest) -> Option<Result<Compiled, Error>> {
+        let component = self.cache.as_ref()?.load(&self.engine, digest)?;
+        Some(self.link(&component))
+    }
+
     /// Gives the memory a compile used back to the system. Cranelift allocates hundreds of
     /// megabytes for a JavaScript or Python component (~17 MiB for a small Rust one) on the
     /// compiling thread; glibc keeps what is freed in that thread's arena, so the node's
@@ -235,6 +266,39 @@ mod tests {
             rt.compile(&bytes).unwrap();
             eprintln!("{name}: compiled in {:?}", started.elapsed());
         }
+    }
+
+    /// Code compiled for this machine's baseline (as the control plane does) loads in the
+    /// node's engine, which detected this CPU's features; code for another architecture and
+    /// garbage are refused (the node then compiles the module itself).
+    #[test]
+    fn native_code_for_the_baseline_loads_and_foreign_code_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = wedge_modules::bytes("threshold-alert").unwrap();
+        let digest = Digest::of(&bytes);
+        let rt = Runtime::new(Some(dir.path())).unwrap();
+
+        let key = wedge_engine::key(&wedge_engine::host_triple()).unwrap();
+        let native = wedge_engine::precompile(&key, &bytes).unwrap();
+        let (_, source) = rt.load_native(&digest, &native).unwrap();
+        assert_eq!(source, cache::Source::Precompiled);
+        assert!(rt.cached(&digest).is_some(), "cached for the next start");
+
+        let other = if cfg!(target_arch = "aarch64") {
+            "x86_64-unknown-linux-gnu"
+        } else {
+            "aarch64-unknown-linux-gnu"
+        };
+        let foreign = wedge_engine::precompile(&wedge_engine::key(other).unwrap(), &bytes).unwrap();
+        let Err(e) = rt.load_native(&digest, &foreign) else {
+            panic!("code for {other} loaded here");
+        };
+        assert!(format!("{e}").contains("architecture"), "{e}");
+        assert!(rt.load_native(&digest, b"garbage").is_err());
+        assert!(
+            rt.load_native(&digest, &bytes).is_err(),
+            "a component is not native code"
+        );
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! Native code for the nodes, compiled here so devices do not have to.
+//!
+//! Compiling a JavaScript or Python component takes a small device tens of seconds and
+//! half a gigabyte; loading native code takes milliseconds. Each node names the native
+//! code it can load in its heartbeat (`precompile_key`, see `wedge-engine`: target triple
+//! and engine compatibility); the control plane compiles every module for every key it
+//! has seen — a module when it is uploaded, all deployed modules when a new key shows up —
+//! stores the artifact as a content-addressed blob, and offers it in the desired state of
+//! each node with that key ([`Precompiler::offer`]). Nodes fetch it like a module blob and
+//! fall back to compiling when it does not load.
+//!
+//! One compile at a time, on the blocking pool: a JavaScript component peaks near 500 MB
+//! while it compiles. Keys are checked before anything is compiled: a key is accepted only
+//! when this build computes the same key for its triple (the same wasmtime and settings),
+//! and at most [`MAX_KEYS`] distinct keys are kept, so a node that lies about its key costs
+//! at most one compile per module for a target it does not have, never unbounded work.
+//!
+//! Nodes that require signed modules send no key (native code is not what the publisher
+//! signed) and never get native code.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wedge_proto::Digest;
+use wedge_proto::messages::{ModuleSpec, NativeArtifact};
+
+use crate::store::Store;
+
+/// Distinct precompile keys kept (targets × wasmtime versions in one fleet: a handful).
+pub const MAX_KEYS: usize = 16;
+/// Compile jobs waiting; more are dropped (asked again at the next upload or new key).
+const QUEUE: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Job {
+    module: Digest,
+    key: String,
+}
+
+/// Keys seen, which node has which, and the compile queue.
+#[derive(Debug)]
+pub struct Precompiler {
+    store: Store,
+    /// Each node's key, as its last heartbeat said.
+    node_keys: Mutex<BTreeMap<String, String>>,
+    /// Keys checked: `true` for those this build compiles for.
+    checked: Mutex<BTreeMap<String, bool>>,
+    /// Jobs queued or running, and jobs that failed (not tried again until a restart).
+    pending: Mutex<HashSet<Job>>,
+    failed: Mutex<HashSet<Job>>,
+    tx: mpsc::Sender<Job>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Precompiler {
+    /// The precompiler and its worker (to spawn).
+    pub fn new(
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> (Arc<Self>, impl std::future::Future<Output = ()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let me = Arc::new(Self {
+            store,
+            node_keys: Mutex::default(),
+            checked: Mutex::default(),
+            pending: Mutex::default(),
+            failed: Mutex::default(),
+            tx,
+        });
+        let worker = me.clone().work(rx, shutdown);
+        (me, worker)
+    }
+
+    /// A heartbeat from `node` said it loads native code with `key` (or none).
+    pub fn node_key(&self, node: &str, key: Option<&str>) {
+        let Some(key) = key else {
+            lock(&self.node_keys).remove(node);
+            return;
+        };
+        if lock(&self.node_keys).get(node).map(String::as_str) == Some(key) {
+            return;
+        }
+        if !self.accepted(key) {
+            lock(&self.node_keys).remove(node);
+            return;
+        }
+        lock(&self.node_keys).insert(node.to_string(), key.to_string());
+        // Every deployed module, for this key (the ones already compiled are skipped).
+        match self.store.deployments() {
+            Ok(deployments) => {
+                let modules: BTreeSet<Digest> =
+                    deployments.iter().map(|d| d.module.digest).collect();
+                for module in modules {
+                    self.want(module, key);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list deployments to precompile"),
+        }
+    }
+
+    /// Whether this build compiles for `key`; checked once per key, at most [`MAX_KEYS`].
+    fn accepted(&self, key: &str) -> bool {
+        let mut checked = lock(&self.checked);
+        if let Some(ok) = checked.get(key) {
+            return *ok;
+        }
+        if checked.len() >= MAX_KEYS {
+            return false;
+        }
+        let ok = wedge_engine::key_triple(key)
+            .and_then(|triple| wedge_engine::key(triple).ok())
+            .is_some_and(|ours| ours == key);
+        if ok {
+            tracing::info!(
+                key,
+                "nodes with a new precompile key: compiling modules for them"
+            );
+        } else {
+            tracing::info!(
+                key,
+                "a node's precompile key is not one this control plane compiles for; it compiles its modules itself"
+            );
+        }
+        checked.insert(key.to_string(), ok);
+        ok
+    }
+
+    /// A module was uploaded: compile it for every key in use.
+    pub fn uploaded(&self, module: Digest) {
+        let keys: BTreeSet<String> = lock(&self.node_keys).values().cloned().collect();
+        for key in keys {
+            self.want(module, &key);
+        }
+    }
+
+    fn want(&self, module: Digest, key: &str) {
+        let job = Job {
+            module,
+            key: key.to_string(),
+        };
+        if lock(&self.failed).contains(&job)
+            || matches!(self.store.native(&module, key), Ok(Some(_)))
+        {
+            return;
+        }
+        if !lock(&self.pending).insert(job.clone()) {
+            return;
+        }
+        if self.tx.try_send(job.clone()).is_err() {
+            lock(&self.pending).remove(&job);
+            tracing::warn!(%module, key, "precompile queue full; the nodes compile this module themselves");
+        }
+    }
+
+    /// Adds the native code this node can load to its modules (left out where there is
+    /// none yet: the node compiles those).
+    pub fn offer(&self, node: &str, modules: &mut [ModuleSpec]) {
+        let Some(key) = lock(&self.node_keys).get(node).cloned() else {
+            return;
+        };
+        for spec in modules {
+            match self.store.native(&spec.digest, &key) {
+                Ok(native) => spec.native = native,
+                Err(e) => tracing::warn!(error = %e, "cannot read native code"),
+            }
+        }
+    }
+
+    async fn work(self: Arc<Self>, mut rx: mpsc::Receiver<Job>, shutdown: CancellationToken) {
+        loop {
+            let job = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                job = rx.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            let me = self.clone();
+            let done = tokio::task::spawn_blocking({
+                let job = job.clone();
+                move || me.compile(&job)
+            });
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                outcome = done => outcome.map_err(|e| e.to_string()).and_then(|r| r),
+            };
+            lock(&self.pending).remove(&job);
+            if let Err(error) = outcome {
+                tracing::warn!(module = %job.module, key = job.key, error, "cannot precompile; nodes with this key compile the module themselves");
+                lock(&self.failed).insert(job);
+            }
+        }
+    }
+
+    /// Compiles and stores one artifact (blocking).
+    fn compile(&self, job: &Job) -> Result<(), String> {
+        if self
+            .store
+            .native(&job.module, &job.key)
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let Some(component) = self.store.blob(&job.module).map_err(|e| e.to_string())? else {
+            return Err("the module's blob is missing".into());
+        };
+        let started = std::time::Instant::now();
+        let artifact =
+            wedge_engine::precompile(&job.key, &component).map_err(|e| format!("{e:#}"))?;
+        let native = NativeArtifact {
+            key: job.key.clone(),
+            digest: Digest::of(&artifact),
+            size: artifact.len() as u64,
+        };
+        self.store
+            .put_native(&job.module, &native, &artifact)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(module = %job.module, key = job.key, size = native.size,
+            took = ?started.elapsed(), "module precompiled");
+        Ok(())
+    }
+}
