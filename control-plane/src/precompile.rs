@@ -180,14 +180,9 @@ impl Precompiler {
                     None => return,
                 },
             };
-            let me = self.clone();
-            let done = tokio::task::spawn_blocking({
-                let job = job.clone();
-                move || me.compile(&job)
-            });
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                outcome = done => outcome.map_err(|e| e.to_string()).and_then(|r| r),
+                outcome = self.compile(&job) => outcome,
             };
             lock(&self.pending).remove(&job);
             if let Err(error) = outcome {
@@ -197,8 +192,10 @@ impl Precompiler {
         }
     }
 
-    /// Compiles and stores one artifact (blocking).
-    fn compile(&self, job: &Job) -> Result<(), String> {
+    /// Compiles and stores one artifact. Only the compile runs on the blocking pool, and it
+    /// holds nothing but the bytes: a compile still running at shutdown must not keep the
+    /// store open past the control plane's end.
+    async fn compile(&self, job: &Job) -> Result<(), String> {
         if self
             .store
             .native(&job.module, &job.key)
@@ -211,13 +208,18 @@ impl Precompiler {
             return Err("the module's blob is missing".into());
         };
         let started = std::time::Instant::now();
-        let artifact =
-            wedge_engine::precompile(&job.key, &component).map_err(|e| format!("{e:#}"))?;
+        let key = job.key.clone();
+        let artifact = tokio::task::spawn_blocking(move || {
+            wedge_engine::precompile(&key, &component).map_err(|e| format!("{e:#}"))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         let native = NativeArtifact {
             key: job.key.clone(),
             digest: Digest::of(&artifact),
             size: artifact.len() as u64,
         };
+        // Inline like the other writes of the link's handlers (one insert and a flush).
         self.store
             .put_native(&job.module, &native, &artifact)
             .map_err(|e| e.to_string())?;

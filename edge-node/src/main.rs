@@ -45,6 +45,9 @@ struct Cli {
     /// Labels, `k=v,k2=v2` (replace those of the config file).
     #[arg(long, env = "WEDGE_LABELS")]
     labels: Option<String>,
+    /// Load native code the control plane compiled for this node [default: true].
+    #[arg(long, env = "WEDGE_PRECOMPILED")]
+    precompiled: Option<bool>,
     /// Largest module blob the node accepts, bytes [default: 67108864].
     #[arg(long, env = "WEDGE_MAX_MODULE_SIZE")]
     max_module_size: Option<u64>,
@@ -72,6 +75,10 @@ enum ModuleCommand {
     /// standard input (and devices, with --mqtt-listen), printing what it publishes and
     /// emits as JSON lines
     Run(RunArgs),
+    /// Compile a component (standard input) into native code for this machine (standard
+    /// output); the node runs this in a child process
+    #[command(hide = true)]
+    Compile,
 }
 
 #[derive(Debug, clap::Args)]
@@ -194,6 +201,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(v) = cli.max_module_size {
         config.max_module_size = v;
     }
+    if let Some(v) = cli.precompiled {
+        config.precompiled = v;
+    }
     if let Some(v) = &cli.log_level {
         config.log_level = Some(v.clone());
     }
@@ -206,6 +216,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::HashPassword) => return hash_password(),
+        Some(Command::Module(ModuleCommand::Compile)) => {
+            return wedge_edge_node::runtime::child::compile_stdin_to_stdout();
+        }
         Some(Command::Module(ModuleCommand::Run(args))) => {
             // Logs to standard error: standard output is the module's output.
             tracing_subscriber::fmt()
@@ -220,6 +233,11 @@ async fn main() -> ExitCode {
         None => {}
     }
     wedge_service::process::init(&cli.log_format);
+    // Compiles run in a child process (this binary), so their memory goes back.
+    match std::env::current_exe() {
+        Ok(exe) => wedge_edge_node::runtime::child::compile_in_child(exe),
+        Err(e) => tracing::warn!(error = %e, "cannot find this binary; modules compile in-process"),
+    }
     // SIGHUP reloads by loading again: the file, the environment and these flags.
     wedge_service::process::run_service("wedge-node", move || config(&cli), App::start).await
 }

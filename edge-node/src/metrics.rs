@@ -6,7 +6,8 @@
 //!   `wedge_module_call_duration_seconds{call}` (`init`, `message`, `tick`),
 //!   `wedge_module_traps_total`, `wedge_module_restarts_total`,
 //!   `wedge_module_dropped_total` (messages its full queue dropped); and
-//!   `wedge_module_loads_total{source}` (`cache`, `precompiled`, `compiled`). A module's series stay
+//!   `wedge_module_loads_total{source}` (`cache`, `precompiled`, `compiled`),
+//!   `wedge_module_compiles_total{where}` (`child`, `in_process`). A module's series stay
 //!   after it is removed (counters must not vanish mid-scrape); they are few.
 //! - Read when scraped, from the state the node already keeps, so heartbeat and metrics
 //!   never disagree: the telemetry buffer (`wedge_buffer_pending_records`,
@@ -37,6 +38,11 @@ struct ModuleLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct SourceLabel {
     source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WhereLabel {
+    r#where: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -98,6 +104,7 @@ pub struct Metrics {
     restarts: Family<ModuleLabel, Counter>,
     dropped: Family<ModuleLabel, Counter>,
     loads: Family<SourceLabel, Counter>,
+    compiles: Family<WhereLabel, Counter>,
 }
 
 impl Metrics {
@@ -113,6 +120,13 @@ impl Metrics {
         let restarts = Family::<ModuleLabel, Counter>::default();
         let dropped = Family::<ModuleLabel, Counter>::default();
         let loads = Family::<SourceLabel, Counter>::default();
+        let compiles = Family::<WhereLabel, Counter>::default();
+        registry.register(
+            "wedge_module_compiles",
+            "Modules this node compiled, by where: `child` (a child process, whose memory goes \
+             back when it ends) or `in_process`",
+            compiles.clone(),
+        );
         registry.register(
             "wedge_module_loads",
             "Modules made ready to run, by where their code came from: `cache` (compiled \
@@ -166,7 +180,15 @@ impl Metrics {
             restarts,
             dropped,
             loads,
+            compiles,
         }
+    }
+
+    /// The count of compiles done `place` (`child`, `in_process`).
+    pub fn compiles(&self, place: &str) -> Counter {
+        self.compiles.get_or_create_owned(&WhereLabel {
+            r#where: place.to_string(),
+        })
     }
 
     /// The count of module loads whose code came from `source`.

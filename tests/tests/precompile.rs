@@ -1,6 +1,7 @@
 //! Devices never have to compile: the control plane compiles each module for the precompile
 //! key its nodes report, and a node loads that native code instead of compiling. A node that
-//! requires signed modules compiles itself even when native code for it exists.
+//! requires signed modules compiles itself even when native code for it exists; a node that
+//! compiles does it in a child process.
 //! (The ARM64 node under qemu loads code the x86-64 control plane compiled for it:
 //! `arm64.rs`.)
 
@@ -10,6 +11,7 @@ use anyhow::ensure;
 use serde_json::{Value, json};
 use wedge_proto::Digest;
 use wedge_proto::signing::{Covers, ModuleSignature, Signed, format_public_key, public_key};
+use wedge_tests::process::{Proc, binary, free_port};
 use wedge_tests::{Api, ControlPlane, Device, Node, metric, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -115,6 +117,63 @@ async fn a_node_loads_native_code_the_control_plane_compiled_for_it() -> anyhow:
         let (topic, _) = device.recv(DEADLINE).await?;
         assert_eq!(topic, "alerts/temp");
     }
+    cp.stop().await;
+    Ok(())
+}
+
+/// A node that compiles (here because it is told not to take native code) does it in a
+/// child process — its own binary — so the compile's memory goes back when the child ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_compiles_does_it_in_a_child_process() -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let enrollment = cp
+        .enrollment
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("TLS is on"))?;
+    let dir = tempfile::tempdir()?;
+    let local: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut cmd = std::process::Command::new(binary("wedge-node")?);
+    cmd.env("WEDGE_PRECOMPILED", "false");
+    let node = Proc::node_with(
+        cmd,
+        "pc-child",
+        &dir.path().join("node"),
+        cp.mqtt_addr,
+        local,
+        &enrollment,
+    )?;
+    cp.api.wait_status("pc-child", "online", DEADLINE).await?;
+    cp.api.upload_module("threshold-alert", "1").await?;
+    cp.api
+        .deploy(
+            &json!({"name": "alert", "module": "threshold-alert@1", "nodes": ["pc-child"],
+                        "subscriptions": ["sensors/#"],
+                        "config": {"threshold": 50, "alert_topic": "alerts/temp"}}),
+        )
+        .await?;
+    cp.api
+        .wait_module_state("pc-child", "alert", "running", DEADLINE)
+        .await?;
+    let (_, text) = Api::new(node.http_addr()?).get_text("/metrics").await?;
+    let count = |name, labels: &[(&str, &str)]| metric(&text, name, labels).unwrap_or(0.0);
+    assert_eq!(
+        count("wedge_module_compiles_total", &[("where", "child")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        count("wedge_module_compiles_total", &[("where", "in_process")]),
+        0.0
+    );
+    assert_eq!(
+        count("wedge_module_loads_total", &[("source", "precompiled")]),
+        0.0
+    );
+
+    let mut device = Device::connect(local, "sensor", &["alerts/#"]).await?;
+    device.publish("sensors/temp", b"72").await?;
+    let (topic, _) = device.recv(DEADLINE).await?;
+    assert_eq!(topic, "alerts/temp");
     cp.stop().await;
     Ok(())
 }

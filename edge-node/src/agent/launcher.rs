@@ -159,11 +159,18 @@ impl Launcher {
             return Ok(Code::Needs(spec.digest, spec.size));
         };
         let (compiled, from) = self.compile(profile, spec, blob, report).await?;
-        source(match from {
-            crate::runtime::cache::Source::Cached => "cache",
-            _ => "compiled",
-        })
-        .inc();
+        use crate::runtime::cache::Source;
+        let counted = match from {
+            Source::Cached => "cache",
+            Source::Precompiled => "precompiled",
+            Source::Compiled | Source::CompiledInChild => "compiled",
+        };
+        source(counted).inc();
+        match from {
+            Source::Compiled => drop(self.metrics.compiles("in_process").inc()),
+            Source::CompiledInChild => drop(self.metrics.compiles("child").inc()),
+            Source::Cached | Source::Precompiled => {}
+        }
         Ok(Code::Ready(compiled))
     }
 

@@ -24,8 +24,10 @@ use wedge_proto::Digest;
 pub enum Source {
     /// Loaded from the cache.
     Cached,
-    /// Compiled now (and written to the cache when there is one).
+    /// Compiled now in this process (and written to the cache when there is one).
     Compiled,
+    /// Compiled now in a child process (and written to the cache).
+    CompiledInChild,
     /// Native code from the control plane (and written to the cache).
     Precompiled,
 }

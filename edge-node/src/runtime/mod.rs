@@ -13,6 +13,7 @@
 //! speed and no correctness.
 
 pub mod cache;
+pub mod child;
 pub mod host;
 pub mod instance;
 mod limits;
@@ -156,12 +157,38 @@ impl Runtime {
         {
             return Ok((self.link(&component)?, cache::Source::Cached));
         }
-        let component = self.component(bytes)?;
+        let mut source = cache::Source::Compiled;
+        let component = match child::compiler() {
+            Some(exe) => match child::compile(exe, bytes) {
+                Ok(native) => {
+                    source = cache::Source::CompiledInChild;
+                    self.own_native(&native)?
+                }
+                Err(child::ChildError::DoesNotCompile(message)) => {
+                    return Err(Error::Compile(message));
+                }
+                Err(child::ChildError::Unavailable(why)) => {
+                    tracing::warn!(why, "cannot compile in a child process; compiling here");
+                    self.component(bytes)?
+                }
+            },
+            None => self.component(bytes)?,
+        };
         let compiled = self.link(&component)?;
         if let Some(cache) = &self.cache {
             cache.store(digest, &component);
         }
-        Ok((compiled, cache::Source::Compiled))
+        Ok((compiled, source))
+    }
+
+    /// Native code this node's own binary just compiled (in a child process).
+    #[allow(unsafe_code)]
+    fn own_native(&self, native: &[u8]) -> Result<Component, Error> {
+        // SAFETY: made by this very binary with this engine's settings from a component
+        // the node verified; trusted like the node's own cache (and checked by wasmtime
+        // for compatibility before use).
+        unsafe { Component::deserialize(&self.engine, native) }
+            .map_err(|e| Error::Compile(format!("{e:#}")))
     }
 
     /// Loads native code the control plane compiled for this node's precompile key (see
