@@ -16,6 +16,10 @@
 //! (alerts over the time from the first reading to the last alert). The outcome is checked
 //! only where a stack promises it: nothing.
 //!
+//! Then, per stack in the same run, the local round trip: one device publishes a reading
+//! (QoS 0) and waits for its alert, `WEDGE_BENCH_ROUND_TRIPS` times (default 1,000, after 50
+//! of warm-up); reported as median and p99.
+//!
 //! Run: `cargo bench -p wedge-tests --bench throughput` (release build; needs mosquitto,
 //! mosquitto-clients, and `npm ci --prefix tests/benches/node-red`; a stack whose tools are
 //! missing is skipped, except under CI).
@@ -91,6 +95,12 @@ async fn main() -> anyhow::Result<()> {
         addr: node.local_mqtt_addr,
         login: Some((DEVICE_USER, DEVICE_PASSWORD)),
     };
+    let round_trips: usize = std::env::var("WEDGE_BENCH_ROUND_TRIPS")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(1_000);
+    let mut latencies = Vec::new();
     for (run, qos) in [0, 1].into_iter().enumerate() {
         let outcome = burst(&wedge, qos, readings).await?;
         // Each reading is handled, dropped at the module's full queue (counted), or lost
@@ -116,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         ensure!(counted > 0, "the module saw nothing");
         results.push((wedge.name, qos, outcome));
     }
+    latencies.push((wedge.name, round_trip(&wedge, round_trips).await?));
 
     // Mosquitto + a plain forwarder.
     match Mosquitto::start_open() {
@@ -129,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
             for qos in [0, 1] {
                 results.push((target.name, qos, burst(&target, qos, readings).await?));
             }
+            latencies.push((target.name, round_trip(&target, round_trips).await?));
             forwarder.abort();
         }
         Err(e) => {
@@ -151,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         for qos in [0, 1] {
             results.push((target.name, qos, burst(&target, qos, readings).await?));
         }
+        latencies.push((target.name, round_trip(&target, round_trips).await?));
         node_red.stop();
     } else {
         ensure!(
@@ -171,7 +184,81 @@ async fn main() -> anyhow::Result<()> {
             o.alerts as f64 / o.elapsed.as_secs_f64()
         );
     }
+    println!("\n| stack | round trips | median | p99 |");
+    println!("| --- | --- | --- | --- |");
+    for (name, mut times) in latencies {
+        if times.is_empty() {
+            continue;
+        }
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        println!(
+            "| {name} | {} | {} µs | {} µs |",
+            times.len(),
+            at(0.5).as_micros(),
+            at(0.99).as_micros()
+        );
+    }
     Ok(())
+}
+
+/// `n` sequential round trips (after 50 of warm-up): one reading published at QoS 0, timed
+/// until its alert arrives.
+async fn round_trip(target: &Target, n: usize) -> anyhow::Result<Vec<Duration>> {
+    const WARM_UP: usize = 50;
+    let id = format!("bench-rt-{}", free_port()?);
+    let mut opts = MqttOptions::new(id, "127.0.0.1", target.addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    if let Some((user, password)) = target.login {
+        opts.set_credentials(user, password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    client.subscribe("alerts/#", QoS::AtMostOnce).await?;
+    let (alerts_tx, mut alerts) = tokio::sync::mpsc::channel(64);
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let driver = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    if alerts_tx.send(()).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .context("no SUBACK for the round-trip client")??;
+    let mut times = Vec::with_capacity(n);
+    for i in 0..WARM_UP + n {
+        let started = Instant::now();
+        client
+            .publish("sensors/t", QoS::AtMostOnce, false, "72")
+            .await?;
+        tokio::time::timeout(Duration::from_secs(10), alerts.recv())
+            .await
+            .with_context(|| format!("{}: no alert within 10 s", target.name))?
+            .context("the round-trip client stopped")?;
+        if i >= WARM_UP {
+            times.push(started.elapsed());
+        }
+    }
+    driver.abort();
+    println!(
+        "{}: {n} round trips, median {:?}",
+        target.name,
+        times.get(n / 2).copied().unwrap_or_default()
+    );
+    Ok(times)
 }
 
 /// Sends `readings` readings with `wedge-load` at `qos` and counts the alerts.

@@ -227,7 +227,10 @@ async fn on_blob_request(
         })
     });
     let blob = if wanted {
-        ctx.store.blob(&req.digest)?
+        match ctx.store.blob(&req.digest)? {
+            Some(blob) => Some(blob),
+            None => ctx.store.native_blob(&req.digest)?,
+        }
     } else {
         tracing::debug!(node = msg.node, digest = %req.digest, "blob not in the node's desired state");
         None

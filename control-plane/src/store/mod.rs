@@ -28,6 +28,8 @@ pub enum Error {
         key: String,
         source: serde_json::Error,
     },
+    #[error("file: {0}")]
+    Io(#[from] std::io::Error),
     #[error("corrupt record {key} in {tree}: {reason}")]
     CorruptRecord {
         tree: &'static str,
@@ -53,6 +55,12 @@ const NATIVES: &str = "natives";
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Native code compiled for nodes, one file per artifact named by its digest. Files,
+    /// not sled values: an artifact is tens of megabytes for a JavaScript module, and values
+    /// that large in sled, while other stores of the process ran transactions (sled's
+    /// concurrency control is process-wide), hung a test process that runs several
+    /// control planes at the end of one of them.
+    natives_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Store {
@@ -79,7 +87,9 @@ impl Store {
             // sled's default cache is 1 GB; the control plane's hot set is small.
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
-        let store = Self { db };
+        let natives_dir = dir.join("wedge-natives");
+        std::fs::create_dir_all(&natives_dir).map_err(Error::Io)?;
+        let store = Self { db, natives_dir };
         store.migrate_legacy_telemetry()?;
         Ok(store)
     }
@@ -151,19 +161,33 @@ impl Store {
             .map(|b| b.to_vec()))
     }
 
-    /// Stores native code compiled from `module` (blob first, then the record).
+    /// Stores native code compiled from `module`: the artifact's file first (written
+    /// whole, synced, then renamed into place), then the record.
     pub fn put_native(
         &self,
         module: &Digest,
         native: &NativeArtifact,
         artifact: &[u8],
     ) -> Result<()> {
-        self.db
-            .open_tree(BLOBS)?
-            .insert(native.digest.hex(), artifact)?;
+        use std::io::Write as _;
+        let path = self.natives_dir.join(native.digest.hex());
+        let partial = path.with_extension("partial");
+        let mut file = std::fs::File::create(&partial)?;
+        file.write_all(artifact)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, &path)?;
         self.put(NATIVES, &format!("{}/{}", module.hex(), native.key), native)?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The artifact of native code with this digest, if stored.
+    pub fn native_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        match std::fs::read(self.natives_dir.join(digest.hex())) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The native code compiled from `module` for `key`, if any.
