@@ -131,6 +131,15 @@ impl Pace {
         self.holds.load(Ordering::Relaxed)
     }
 
+    /// Resolves once the pace is held (a connection waiting for its next packet stops
+    /// waiting, so the hold applies to that packet too).
+    pub fn holding(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.held.subscribe();
+        async move {
+            let _ = rx.wait_for(|held| *held).await;
+        }
+    }
+
     /// Resolves once the pace is not held.
     pub fn released(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.held.subscribe();

@@ -157,6 +157,9 @@ impl<P: Protocol> RemoteLink<P> {
             select! {
                 _ = &mut ended => return Err(Error::Ended),
                 _ = released(pace.as_ref()), if held => {}
+                // A read already waiting when the pace is held is given up (reading is
+                // cancel-safe: bytes read stay in the connection's buffer).
+                _ = holding(pace.as_ref()), if !held => {}
                 o = self.network.read(), if !held => {
                     let packet = o?;
                     // Wedge patch: every packet is read into a batch of this connection's
@@ -206,6 +209,14 @@ impl<P: Protocol> RemoteLink<P> {
                 }
             }
         }
+    }
+}
+
+/// Resolves when the pace is held (never without one).
+async fn holding(pace: Option<&crate::gate::Pace>) {
+    match pace {
+        Some(pace) => pace.holding().await,
+        None => std::future::pending().await,
     }
 }
 
