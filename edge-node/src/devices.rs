@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use wedge_broker::{Admission, BoxFuture, Gate, Pace, Refusal, Session, Stream};
+use wedge_broker::{Admission, BoxFuture, Gate, Pace, Refusal, Session, Stream, Unrestricted};
 
 /// The `[devices]` section of the node's configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -187,25 +187,6 @@ impl DeviceGate {
     }
 }
 
-/// An admitted device: it may publish and subscribe to anything on the local broker (the
-/// node's own link and the uplink are not reachable from it) and reads at the node's pace.
-struct DeviceSession(Pace);
-
-impl Session for DeviceSession {
-    fn may_publish(&self, _: &str) -> bool {
-        true
-    }
-    fn may_subscribe(&self, _: &str) -> bool {
-        true
-    }
-    fn ended(&self) -> BoxFuture<()> {
-        Box::pin(std::future::pending())
-    }
-    fn pace(&self) -> Option<Pace> {
-        Some(self.0.clone())
-    }
-}
-
 /// The gate as rumqttd sees it (an `Arc` of it, so password checks can outlive the call).
 pub struct SharedDeviceGate(pub Arc<DeviceGate>);
 
@@ -243,7 +224,13 @@ impl Gate for SharedDeviceGate {
                 _ => gate.allow_anonymous,
             };
             if allowed {
-                Ok(Arc::new(DeviceSession(gate.pace.clone())) as Arc<dyn Session>)
+                // A device may publish and subscribe to anything on the local broker (the
+                // node's own link and the uplink are not reachable from it), at the
+                // node's pace.
+                let session = Unrestricted {
+                    pace: Some(gate.pace.clone()),
+                };
+                Ok(Arc::new(session) as Arc<dyn Session>)
             } else {
                 tracing::warn!(
                     client_id = a.client_id,

@@ -63,7 +63,7 @@ fn admit(identity: &Arc<NodeIdentities>, a: Admission) -> Result<Arc<dyn Session
     let id = wedge_pki::inspect(&der).map_err(|_| Refusal::NotAuthorized)?;
     if let Some(service) = id.service() {
         if service == "control-plane" && identity.is_service(&id.fingerprint) {
-            return Ok(Arc::new(Unrestricted));
+            return Ok(Arc::new(Unrestricted::default()));
         }
         tracing::warn!(
             service,

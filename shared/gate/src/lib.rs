@@ -151,9 +151,11 @@ impl Pace {
     }
 }
 
-/// A session that may do anything and never ends.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Unrestricted;
+/// A session that may do anything and never ends; it reads at `pace` when it has one.
+#[derive(Debug, Clone, Default)]
+pub struct Unrestricted {
+    pub pace: Option<Pace>,
+}
 
 impl Session for Unrestricted {
     fn may_publish(&self, _: &str) -> bool {
@@ -164,6 +166,9 @@ impl Session for Unrestricted {
     }
     fn ended(&self) -> BoxFuture<()> {
         Box::pin(std::future::pending())
+    }
+    fn pace(&self) -> Option<Pace> {
+        self.pace.clone()
     }
 }
 
@@ -246,7 +251,7 @@ mod tests {
         );
         assert!(
             refused(
-                &Unrestricted,
+                &Unrestricted::default(),
                 Request::Subscribe {
                     filter: "$share/g/x"
                 }
@@ -255,7 +260,7 @@ mod tests {
         );
         assert_eq!(
             refused(
-                &Unrestricted,
+                &Unrestricted::default(),
                 Request::Publish {
                     topic: "x",
                     retain: true
