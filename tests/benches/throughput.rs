@@ -206,38 +206,11 @@ async fn main() -> anyhow::Result<()> {
 /// until its alert arrives.
 async fn round_trip(target: &Target, n: usize) -> anyhow::Result<Vec<Duration>> {
     const WARM_UP: usize = 50;
-    let id = format!("bench-rt-{}", free_port()?);
-    let mut opts = MqttOptions::new(id, "127.0.0.1", target.addr.port());
-    opts.set_keep_alive(Duration::from_secs(30));
-    if let Some((user, password)) = target.login {
-        opts.set_credentials(user, password);
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    client.subscribe("alerts/#", QoS::AtMostOnce).await?;
-    let (alerts_tx, mut alerts) = tokio::sync::mpsc::channel(64);
-    let (ready_tx, ready) = tokio::sync::oneshot::channel();
-    let driver = tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(_))) => {
-                    if alerts_tx.send(()).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(10), ready)
-        .await
-        .context("no SUBACK for the round-trip client")??;
+    let (alerts_tx, mut alerts) = tokio::sync::mpsc::unbounded_channel();
+    let (client, driver) = subscribe_alerts(target, "bench-rt", move || {
+        let _ = alerts_tx.send(());
+    })
+    .await?;
     let mut times = Vec::with_capacity(n);
     for i in 0..WARM_UP + n {
         let started = Instant::now();
@@ -312,7 +285,21 @@ async fn count_alerts(
     target: &Target,
     alerts: Arc<AtomicU64>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let id = format!("bench-count-{}", free_port()?);
+    let (_, task) = subscribe_alerts(target, "bench-count", move || {
+        alerts.fetch_add(1, Ordering::Relaxed);
+    })
+    .await?;
+    Ok(task)
+}
+
+/// A client of `target` subscribed to `alerts/#` that calls `on_alert` for each alert; returns
+/// once subscribed, with the client (to publish with) and the task that drives it.
+async fn subscribe_alerts(
+    target: &Target,
+    name: &str,
+    mut on_alert: impl FnMut() + Send + 'static,
+) -> anyhow::Result<(AsyncClient, tokio::task::JoinHandle<()>)> {
+    let id = format!("{name}-{}", free_port()?);
     let mut opts = MqttOptions::new(id, "127.0.0.1", target.addr.port());
     opts.set_keep_alive(Duration::from_secs(30));
     if let Some((user, password)) = target.login {
@@ -321,8 +308,9 @@ async fn count_alerts(
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     client.subscribe("alerts/#", QoS::AtMostOnce).await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let held = client.clone();
     let task = tokio::spawn(async move {
-        let _client = client;
+        let _client = held;
         let mut ready = Some(ready_tx);
         loop {
             match eventloop.poll().await {
@@ -331,9 +319,7 @@ async fn count_alerts(
                         let _ = tx.send(());
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(_))) => {
-                    alerts.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(Event::Incoming(Packet::Publish(_))) => on_alert(),
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -341,8 +327,8 @@ async fn count_alerts(
     });
     tokio::time::timeout(Duration::from_secs(10), ready_rx)
         .await
-        .context("no SUBACK for the alert counter")??;
-    Ok(task)
+        .with_context(|| format!("no SUBACK for {name}"))??;
+    Ok((client, task))
 }
 
 /// The plain forwarder: subscribes to `sensors/#`, publishes an alert for each reading above
