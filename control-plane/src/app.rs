@@ -109,6 +109,11 @@ impl App {
         };
         tracker.spawn(session.run(ctx, shutdown.clone()));
         tracker.spawn(rollouts.clone().run(shutdown.clone()));
+        tracker.spawn(offer_new_code(
+            precompiler.clone(),
+            reconciler.clone(),
+            shutdown.clone(),
+        ));
         let (tunables, tunables_rx) = tokio::sync::watch::channel(config.clone());
         tracker.spawn(sweep(fleet.clone(), tunables_rx.clone(), shutdown.clone()));
         tracker.spawn(retention(store.clone(), tunables_rx, shutdown.clone()));
@@ -265,6 +270,24 @@ fn server_names(config: &Config, listen: SocketAddr) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// Offers native code to the nodes it was compiled for once it is stored (see
+/// `precompile`): their desired states are computed again.
+async fn offer_new_code(
+    precompiler: Arc<crate::precompile::Precompiler>,
+    reconciler: Arc<Reconciler>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let nodes = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            nodes = precompiler.nodes_with_new_code() => nodes,
+        };
+        if let Err(e) = reconciler.nodes(nodes).await {
+            tracing::warn!(error = %e, "cannot offer precompiled code to the nodes");
+        }
+    }
 }
 
 /// Marks nodes offline whose heartbeats are overdue (`heartbeat_timeout_secs`, as reloaded).

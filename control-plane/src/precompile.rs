@@ -7,7 +7,10 @@
 //! has seen — a module when it is uploaded, all deployed modules when a new key shows up —
 //! stores the artifact as a content-addressed blob, and offers it in the desired state of
 //! each node with that key ([`Precompiler::offer`]). Nodes fetch it like a module blob and
-//! fall back to compiling when it does not load.
+//! fall back to compiling when it does not load. When an artifact is stored, the nodes with
+//! its key are due a new desired state ([`Precompiler::nodes_with_new_code`]): a module
+//! deployed before its code was ready gets it then (a node built without a compiler waits
+//! for it; one with a compiler keeps what it compiled and uses the artifact next start).
 //!
 //! One compile at a time, on the blocking pool: a JavaScript component peaks near 500 MB
 //! while it compiles. Keys are checked before anything is compiled: a key is accepted only
@@ -51,6 +54,9 @@ pub struct Precompiler {
     pending: Mutex<HashSet<Job>>,
     failed: Mutex<HashSet<Job>>,
     tx: mpsc::Sender<Job>,
+    /// Keys with artifacts stored since [`Self::nodes_with_new_code`] last looked.
+    new_code: Mutex<BTreeSet<String>>,
+    stored: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -71,6 +77,8 @@ impl Precompiler {
             pending: Mutex::default(),
             failed: Mutex::default(),
             tx,
+            new_code: Mutex::default(),
+            stored: tokio::sync::Notify::new(),
         });
         let worker = me.clone().work(rx, shutdown);
         (me, worker)
@@ -128,6 +136,23 @@ impl Precompiler {
         }
         checked.insert(key.to_string(), ok);
         ok
+    }
+
+    /// Waits until native code was stored, then names the nodes it is for (whose desired
+    /// states should be computed again to offer it).
+    pub async fn nodes_with_new_code(&self) -> Vec<String> {
+        loop {
+            self.stored.notified().await;
+            let keys = std::mem::take(&mut *lock(&self.new_code));
+            let nodes: Vec<String> = lock(&self.node_keys)
+                .iter()
+                .filter(|(_, key)| keys.contains(*key))
+                .map(|(node, _)| node.clone())
+                .collect();
+            if !nodes.is_empty() {
+                return nodes;
+            }
+        }
     }
 
     /// A module was uploaded: compile it for every key in use.
@@ -225,6 +250,85 @@ impl Precompiler {
             .map_err(|e| e.to_string())?;
         tracing::info!(module = %job.module, key = job.key, size = native.size,
             took = ?started.elapsed(), "module precompiled");
+        lock(&self.new_code).insert(job.key.clone());
+        // A stored permit: a wake-up while the reader is busy is not lost.
+        self.stored.notify_one();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::ModuleRecord;
+
+    /// Code stored after a module was uploaded (and perhaps deployed) is announced for the
+    /// nodes with its key, so their desired states offer it; nodes with another key are
+    /// not named, and a key this build does not make is never compiled for.
+    #[tokio::test]
+    async fn stored_code_names_the_nodes_it_is_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bytes = wedge_modules::bytes("threshold-alert").unwrap();
+        let digest = Digest::of(&bytes);
+        let record = ModuleRecord {
+            name: "threshold-alert".into(),
+            version: "1".into(),
+            digest,
+            size: bytes.len() as u64,
+            uploaded_at_ms: 0,
+            signature: None,
+        };
+        store.put_module(&record, &bytes).unwrap();
+        let shutdown = CancellationToken::new();
+        let (pre, worker) = Precompiler::new(store.clone(), shutdown.clone());
+        let worker = tokio::spawn(worker);
+
+        let ours = wedge_engine::key(&wedge_engine::host_triple()).unwrap();
+        let aarch64 = wedge_engine::key("aarch64-unknown-linux-musl").unwrap();
+        pre.node_key("n-host", Some(&ours));
+        pre.node_key("n-host-2", Some(&ours));
+        pre.node_key("n-arm", Some(&aarch64));
+        pre.node_key("n-liar", Some("x86_64-unknown-linux-gnu/0000000000000000"));
+        pre.uploaded(digest);
+
+        let mut named = BTreeSet::new();
+        while named.len() < 3 {
+            let nodes = tokio::time::timeout(Duration::from_secs(120), pre.nodes_with_new_code())
+                .await
+                .expect("code was stored and announced");
+            named.extend(nodes);
+        }
+        assert_eq!(
+            named,
+            BTreeSet::from(["n-arm".into(), "n-host".into(), "n-host-2".into()])
+        );
+        let mut specs = vec![ModuleSpec {
+            name: "alert".into(),
+            module: record.name.clone(),
+            version: record.version.clone(),
+            digest,
+            size: record.size,
+            subscriptions: vec!["sensors/#".into()],
+            config: "{}".into(),
+            publish_prefixes: Vec::new(),
+            tick_ms: None,
+            limits: Default::default(),
+            signature: None,
+            native: None,
+        }];
+        pre.offer("n-arm", &mut specs);
+        assert_eq!(specs[0].native.as_ref().unwrap().key, aarch64);
+        specs[0].native = None;
+        pre.offer("n-liar", &mut specs);
+        assert!(
+            specs[0].native.is_none(),
+            "no code for a key we do not make"
+        );
+        shutdown.cancel();
+        worker.await.unwrap();
     }
 }

@@ -281,6 +281,19 @@ impl Config {
         if self.max_module_size == 0 {
             bail!("max_module_size must be positive");
         }
+        if !wedge_engine::CAN_COMPILE && (!self.precompiled || !self.trusted_publishers.is_empty())
+        {
+            bail!(
+                "this wedge-node was built without a compiler and runs only modules the control \
+                 plane compiled for it, but {} means it must compile them itself: use a build \
+                 with the compiler (`deploy/build-arm64 --compiler`)",
+                if self.precompiled {
+                    "trusted_publishers"
+                } else {
+                    "precompiled = false"
+                }
+            );
+        }
         Ok(())
     }
 }

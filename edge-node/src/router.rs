@@ -21,6 +21,11 @@
 //!
 //! Messages the node's own modules publish come over the in-process link at QoS 0 and are
 //! never waited for: a module that fills its own input could otherwise stall the router.
+//!
+//! ## Batches
+//! The broker hands the link its messages in batches. The router takes a whole batch (up to
+//! [`BATCH`]) per wake-up and dispatches it under one look at the routes, instead of going
+//! through the select loop, the route table's lock and the pace check once per message.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -34,6 +39,8 @@ use crate::runtime::instance::Inbox;
 
 /// Longest the router waits for room for one acknowledged message in one module's queue.
 pub const WAIT_MAX: Duration = Duration::from_secs(10);
+/// Most messages dispatched per wake-up before shutdown and the pace are looked at again.
+pub const BATCH: usize = 256;
 /// While held, how often the router looks whether the queues have drained.
 const RELEASE_CHECK: Duration = Duration::from_millis(5);
 
@@ -66,38 +73,73 @@ impl RouteTable {
     /// QoS 0 message (counted); an acknowledged message is handed back to wait for room.
     /// `pressed` gets each queue an acknowledged message filled past three quarters.
     pub fn dispatch(&self, delivery: Delivery, pressed: &mut Vec<Inbox>) -> (usize, Vec<Waiting>) {
-        let routes = self.0.read().unwrap_or_else(|p| p.into_inner());
-        let message = Message {
-            topic: delivery.topic.into(),
-            payload: delivery.payload,
-        };
-        let mut delivered = 0;
-        let mut waiting = Vec::new();
-        for route in routes.iter() {
-            if !route.filters.iter().any(|f| matches(f, &message.topic)) {
-                continue;
-            }
-            delivered += 1;
-            if !delivery.acknowledged {
-                route.inbox.offer(message.clone());
-                continue;
-            }
-            match route.inbox.try_offer(message.clone()) {
-                None => {
-                    let (len, room) = route.inbox.fill();
-                    if len * 4 >= room * 3 && !pressed.iter().any(|i| i.same(&route.inbox)) {
-                        pressed.push(route.inbox.clone());
-                    }
-                }
-                Some(message) => waiting.push(Waiting {
-                    module: route.module.clone(),
-                    inbox: route.inbox.clone(),
-                    message,
-                }),
-            }
-        }
-        (delivered, waiting)
+        dispatch(&self.read(), delivery, pressed)
     }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Route>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// [`RouteTable::dispatch`] with the routes already read.
+fn dispatch(
+    routes: &[Route],
+    delivery: Delivery,
+    pressed: &mut Vec<Inbox>,
+) -> (usize, Vec<Waiting>) {
+    let message = Message {
+        topic: delivery.topic,
+        payload: delivery.payload,
+    };
+    let mut delivered = 0;
+    let mut waiting = Vec::new();
+    for route in routes {
+        if !route.filters.iter().any(|f| matches(f, &message.topic)) {
+            continue;
+        }
+        delivered += 1;
+        if !delivery.acknowledged {
+            route.inbox.offer(message.clone());
+            continue;
+        }
+        match route.inbox.try_offer(message.clone()) {
+            None => {
+                let (len, room) = route.inbox.fill();
+                if len * 4 >= room * 3 && !pressed.iter().any(|i| i.same(&route.inbox)) {
+                    pressed.push(route.inbox.clone());
+                }
+            }
+            Some(message) => waiting.push(Waiting {
+                module: route.module.clone(),
+                inbox: route.inbox.clone(),
+                message,
+            }),
+        }
+    }
+    (delivered, waiting)
+}
+
+/// Dispatches `first` and what else the broker has ready, up to [`BATCH`] messages; stops
+/// at the first message that must wait for room (the caller waits before going on, so no
+/// later message overtakes it).
+fn dispatch_batch(
+    table: &RouteTable,
+    receiver: &mut LocalReceiver,
+    first: Delivery,
+    pressed: &mut Vec<Inbox>,
+) -> Vec<Waiting> {
+    let routes = table.read();
+    let (_, mut waiting) = dispatch(&routes, first, pressed);
+    for _ in 1..BATCH {
+        if !waiting.is_empty() {
+            break;
+        }
+        let Some(delivery) = receiver.try_next() else {
+            break;
+        };
+        waiting = dispatch(&routes, delivery, pressed).1;
+    }
+    waiting
 }
 
 /// The router's hold on the devices: which queues hold it.
@@ -177,7 +219,7 @@ pub async fn run(
             tracing::error!("local broker link closed; local messages no longer reach modules");
             break;
         };
-        let (_, waiting) = table.dispatch(delivery, &mut hold.pressed);
+        let waiting = dispatch_batch(&table, &mut receiver, delivery, &mut hold.pressed);
         if !waiting.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => break,

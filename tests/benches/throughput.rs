@@ -22,7 +22,8 @@
 //!
 //! Run: `cargo bench -p wedge-tests --bench throughput` (release build; needs mosquitto,
 //! mosquitto-clients, and `npm ci --prefix tests/benches/node-red`; a stack whose tools are
-//! missing is skipped, except under CI).
+//! missing is skipped, except under CI). `WEDGE_BENCH_STACKS=wedge` (a comma list of `wedge`,
+//! `forwarder`, `node-red`) runs only those, e.g. to profile one.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -73,106 +74,33 @@ async fn main() -> anyhow::Result<()> {
         "conditions: one machine; load from wedge-load (rumqttc) in its own process, {readings} readings per run, all above the threshold; Wedge's node and control plane in this process (uplink TLS)"
     );
 
-    let mut results = Vec::new();
-    // Wedge.
-    let cp = ControlPlane::start().await?;
-    let node = Node::start(&cp, "bench", &[]).await?;
-    cp.api.upload_module("threshold-alert", "1").await?;
-    cp.api
-        .deploy(&json!({
-            "name": "alert",
-            "module": "threshold-alert@1",
-            "nodes": ["bench"],
-            "subscriptions": ["sensors/#"],
-            "config": {"threshold": THRESHOLD, "alert_topic": "alerts/temp"},
-        }))
-        .await?;
-    cp.api
-        .wait_module_state("bench", "alert", "running", Duration::from_secs(120))
-        .await?;
-    let wedge = Target {
-        name: "Wedge (threshold-alert)",
-        addr: node.local_mqtt_addr,
-        login: Some((DEVICE_USER, DEVICE_PASSWORD)),
-    };
+    let stacks =
+        std::env::var("WEDGE_BENCH_STACKS").unwrap_or_else(|_| "wedge,forwarder,node-red".into());
+    let want = |stack: &str| stacks.split(',').any(|s| s.trim() == stack);
     let round_trips: usize = std::env::var("WEDGE_BENCH_ROUND_TRIPS")
         .ok()
         .map(|v| v.parse())
         .transpose()?
         .unwrap_or(1_000);
+    let mut results = Vec::new();
     let mut latencies = Vec::new();
-    for (run, qos) in [0, 1].into_iter().enumerate() {
-        let outcome = burst(&wedge, qos, readings).await?;
-        // Each reading is handled, dropped at the module's full queue (counted), or lost
-        // before it reached the module (the broker's log outran the node's link). The
-        // node reports its counters with its heartbeat: read them once they stop moving.
-        let seen = ((run + 1) * readings) as u64;
-        let mut stats = serde_json::Value::Null;
-        let until = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let now = cp.api.module("bench", "alert").await.unwrap_or_default()["stats"].clone();
-            if now == stats {
-                break;
-            }
-            stats = now;
-        }
-        let counted =
-            stats["messages"].as_u64().unwrap_or(0) + stats["dropped"].as_u64().unwrap_or(0);
-        println!(
-            "  Wedge module counters after QoS {qos} (cumulative): {stats}; never reached the module: {}",
-            seen.saturating_sub(counted)
-        );
-        ensure!(counted > 0, "the module saw nothing");
-        results.push((wedge.name, qos, outcome));
+    if want("wedge") {
+        wedge(readings, round_trips, &mut results, &mut latencies).await?;
     }
-    latencies.push((wedge.name, round_trip(&wedge, round_trips).await?));
-
-    // Mosquitto + a plain forwarder.
-    match Mosquitto::start_open() {
-        Ok(broker) => {
-            let target = Target {
-                name: "Mosquitto + Rust forwarder",
-                addr: broker.addr,
-                login: None,
-            };
-            let forwarder = tokio::spawn(forward(broker.addr));
-            for qos in [0, 1] {
-                results.push((target.name, qos, burst(&target, qos, readings).await?));
-            }
-            latencies.push((target.name, round_trip(&target, round_trips).await?));
-            forwarder.abort();
-        }
-        Err(e) => {
-            ensure!(!in_ci, "mosquitto: {e:#}");
-            println!("skipped Mosquitto stacks: {e:#}");
-        }
+    if want("forwarder") {
+        forwarder(readings, round_trips, in_ci, &mut results, &mut latencies).await?;
     }
-
-    // Mosquitto + Node-RED.
-    let red = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/node-red");
-    if red.join("node_modules/node-red/red.js").exists() {
-        let broker = Mosquitto::start_open()?;
-        let mut node_red = NodeRed::start(&red, broker.addr)?;
-        let target = Target {
-            name: "Mosquitto + Node-RED 4",
-            addr: broker.addr,
-            login: None,
-        };
-        node_red.wait_subscribed(&mosquitto_pub, &target).await?;
-        for qos in [0, 1] {
-            results.push((target.name, qos, burst(&target, qos, readings).await?));
-        }
-        latencies.push((target.name, round_trip(&target, round_trips).await?));
-        node_red.stop();
-    } else {
-        ensure!(
-            !in_ci,
-            "Node-RED is not installed (npm ci --prefix tests/benches/node-red)"
-        );
-        println!("skipped Node-RED: run npm ci --prefix tests/benches/node-red");
+    if want("node-red") {
+        node_red(
+            &mosquitto_pub,
+            readings,
+            round_trips,
+            in_ci,
+            &mut results,
+            &mut latencies,
+        )
+        .await?;
     }
-
     println!("\n| stack | readings | QoS | alerts received | lost | alerts/s |");
     println!("| --- | --- | --- | --- | --- | --- |");
     for (name, qos, o) in &results {
@@ -438,4 +366,132 @@ impl NodeRed {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+type Results = Vec<(&'static str, u8, Outcome)>;
+type Latencies = Vec<(&'static str, Vec<Duration>)>;
+
+/// Wedge's node with `threshold-alert`.
+async fn wedge(
+    readings: usize,
+    round_trips: usize,
+    results: &mut Results,
+    latencies: &mut Latencies,
+) -> anyhow::Result<()> {
+    let cp = ControlPlane::start().await?;
+    let node = Node::start(&cp, "bench", &[]).await?;
+    cp.api.upload_module("threshold-alert", "1").await?;
+    cp.api
+        .deploy(&json!({
+            "name": "alert",
+            "module": "threshold-alert@1",
+            "nodes": ["bench"],
+            "subscriptions": ["sensors/#"],
+            "config": {"threshold": THRESHOLD, "alert_topic": "alerts/temp"},
+        }))
+        .await?;
+    cp.api
+        .wait_module_state("bench", "alert", "running", Duration::from_secs(120))
+        .await?;
+    let wedge = Target {
+        name: "Wedge (threshold-alert)",
+        addr: node.local_mqtt_addr,
+        login: Some((DEVICE_USER, DEVICE_PASSWORD)),
+    };
+    for (run, qos) in [0, 1].into_iter().enumerate() {
+        let outcome = burst(&wedge, qos, readings).await?;
+        // Each reading is handled, dropped at the module's full queue (counted), or lost
+        // before it reached the module (the broker's log outran the node's link). The
+        // node reports its counters with its heartbeat: read them once they stop moving.
+        let seen = ((run + 1) * readings) as u64;
+        let mut stats = serde_json::Value::Null;
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let now = cp.api.module("bench", "alert").await.unwrap_or_default()["stats"].clone();
+            if now == stats {
+                break;
+            }
+            stats = now;
+        }
+        let counted =
+            stats["messages"].as_u64().unwrap_or(0) + stats["dropped"].as_u64().unwrap_or(0);
+        println!(
+            "  Wedge module counters after QoS {qos} (cumulative): {stats}; never reached the module: {}",
+            seen.saturating_sub(counted)
+        );
+        ensure!(counted > 0, "the module saw nothing");
+        results.push((wedge.name, qos, outcome));
+    }
+    latencies.push((wedge.name, round_trip(&wedge, round_trips).await?));
+
+    Ok(())
+}
+
+/// Mosquitto and the plain forwarder.
+async fn forwarder(
+    readings: usize,
+    round_trips: usize,
+    in_ci: bool,
+    results: &mut Results,
+    latencies: &mut Latencies,
+) -> anyhow::Result<()> {
+    // Mosquitto + a plain forwarder.
+    match Mosquitto::start_open() {
+        Ok(broker) => {
+            let target = Target {
+                name: "Mosquitto + Rust forwarder",
+                addr: broker.addr,
+                login: None,
+            };
+            let forwarder = tokio::spawn(forward(broker.addr));
+            for qos in [0, 1] {
+                results.push((target.name, qos, burst(&target, qos, readings).await?));
+            }
+            latencies.push((target.name, round_trip(&target, round_trips).await?));
+            forwarder.abort();
+        }
+        Err(e) => {
+            ensure!(!in_ci, "mosquitto: {e:#}");
+            println!("skipped Mosquitto stacks: {e:#}");
+        }
+    }
+
+    Ok(())
+}
+
+/// Mosquitto and Node-RED.
+async fn node_red(
+    mosquitto_pub: &Path,
+    readings: usize,
+    round_trips: usize,
+    in_ci: bool,
+    results: &mut Results,
+    latencies: &mut Latencies,
+) -> anyhow::Result<()> {
+    // Mosquitto + Node-RED.
+    let red = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/node-red");
+    if red.join("node_modules/node-red/red.js").exists() {
+        let broker = Mosquitto::start_open()?;
+        let mut node_red = NodeRed::start(&red, broker.addr)?;
+        let target = Target {
+            name: "Mosquitto + Node-RED 4",
+            addr: broker.addr,
+            login: None,
+        };
+        node_red.wait_subscribed(&mosquitto_pub, &target).await?;
+        for qos in [0, 1] {
+            results.push((target.name, qos, burst(&target, qos, readings).await?));
+        }
+        latencies.push((target.name, round_trip(&target, round_trips).await?));
+        node_red.stop();
+    } else {
+        ensure!(
+            !in_ci,
+            "Node-RED is not installed (npm ci --prefix tests/benches/node-red)"
+        );
+        println!("skipped Node-RED: run npm ci --prefix tests/benches/node-red");
+    }
+
+    Ok(())
 }

@@ -3,6 +3,11 @@
 //! arch `aarch64`, loads the native code the control plane compiled for it (cross-compiled
 //! from x86-64) and acts on a device's messages.
 //!
+//! The binary is `deploy/build-arm64`'s default, built without a compiler: a module deployed
+//! before the control plane has compiled it for the node waits for that code (the control
+//! plane offers it when it is stored), and a configuration that needs compiling is refused
+//! at start.
+//!
 //! `.ci/run` builds the binary first. Outside CI, without the binary, the test says how to
 //! build it and passes; in CI (`CI` set) a missing binary or emulator fails it.
 
@@ -108,6 +113,35 @@ async fn arm64_node_runs_a_module_under_qemu() -> anyhow::Result<()> {
         "the node loaded the control plane's native code:\n{metrics}"
     );
 
+    // Deployed at once after its upload: the node may hear of it before its code is
+    // compiled, and then waits for it (a build without a compiler cannot do otherwise).
+    cp.api.upload_module("window-stats", "1").await?;
+    let (status, body) = cp
+        .api
+        .post_json(
+            "/api/v1/deployments",
+            &json!({"name": "stats", "module": "window-stats@1", "nodes": ["arm-1"],
+                    "subscriptions": ["sensors/#"], "config": {}}),
+        )
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    cp.api
+        .wait_module_state("arm-1", "stats", "running", DEADLINE)
+        .await?;
+    let metrics = wedge_tests::Api::new(node_proc.http_addr()?)
+        .get_text("/metrics")
+        .await?
+        .1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "wedge_module_loads_total",
+            &[("source", "precompiled")]
+        ),
+        Some(2.0),
+        "both modules from the control plane's native code:\n{metrics}"
+    );
+
     let mut device = Device::connect(local, "sensor", &["alerts/#"]).await?;
     device.publish("sensors/temp", b"10").await?;
     device.publish("sensors/temp", b"72").await?;
@@ -119,5 +153,33 @@ async fn arm64_node_runs_a_module_under_qemu() -> anyhow::Result<()> {
         json!({"topic": "sensors/temp", "value": 72.0, "threshold": 50.0})
     );
     cp.stop().await;
+    Ok(())
+}
+
+/// Without a compiler, a node that would have to compile (it requires signed modules, or is
+/// told not to load native code) refuses to start, and says why.
+#[test]
+fn arm64_node_without_a_compiler_refuses_to_compile() -> anyhow::Result<()> {
+    let binary = arm64_binary()?;
+    let (true, Some(qemu)) = (binary.exists(), program("qemu-aarch64-static")) else {
+        anyhow::ensure!(
+            std::env::var_os("CI").is_none(),
+            "needs the ARM64 build and qemu"
+        );
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(qemu)
+        .arg(&binary)
+        .args(["--node-id", "arm-2", "--precompiled", "false"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("without a compiler") && stderr.contains("precompiled = false"),
+        "{stderr}"
+    );
     Ok(())
 }

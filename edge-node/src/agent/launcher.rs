@@ -11,6 +11,11 @@
 //! compiled here. Native code that does not load (another wasmtime, a CPU without a
 //! feature it uses, a corrupt artifact) is not tried again for that module: the node
 //! fetches the module and compiles it.
+//!
+//! A node built without a compiler (`wedge_engine::CAN_COMPILE` false) has only the first
+//! two: while the control plane has not yet compiled a module for it, the module waits
+//! ([`Launch::AwaitsNative`], reported `fetching`) — the control plane sends a new desired
+//! state when the code is ready.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,12 +42,15 @@ pub enum Launch {
         digest: Digest,
         size: u64,
     },
+    /// This build cannot compile, and the desired state offers no native code for it yet.
+    AwaitsNative,
 }
 
 /// Where a module's code comes from.
 enum Code {
     Ready(crate::runtime::Compiled),
     Needs(Digest, u64),
+    AwaitsNative,
 }
 
 /// The parts of the node an instance is made from.
@@ -76,6 +84,7 @@ impl Launcher {
         let compiled = match self.code(profile, spec, report).await? {
             Code::Ready(compiled) => compiled,
             Code::Needs(digest, size) => return Ok(Launch::NeedsBlob { digest, size }),
+            Code::AwaitsNative => return Ok(Launch::AwaitsNative),
         };
         let host = self.host_context(profile, spec, queue.stats())?;
         Instance::start_with_queue(
@@ -111,6 +120,31 @@ impl Launcher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(module);
+    }
+
+    /// The code of `spec` for a node that cannot compile: from the cache, or wait.
+    async fn without_compiler(&self, spec: &ModuleSpec) -> Result<Code, String> {
+        let runtime = self.runtime.clone();
+        let digest = spec.digest;
+        let cached = tokio::task::spawn_blocking(move || runtime.cached(&digest))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(compiled) = cached {
+            self.metrics.loads("cache").inc();
+            return compiled.map(Code::Ready).map_err(|e| e.to_string());
+        }
+        let refused = self
+            .native_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&spec.digest);
+        if refused {
+            return Err(format!(
+                "the control plane's native code for it does not load here (see the log), and {}",
+                crate::runtime::Error::NoCompiler
+            ));
+        }
+        Ok(Code::AwaitsNative)
     }
 
     async fn code(
@@ -154,6 +188,9 @@ impl Launcher {
                 }
             }
             self.refuse_native(spec.digest);
+        }
+        if !wedge_engine::CAN_COMPILE {
+            return self.without_compiler(spec).await;
         }
         let Some(blob) = self.store.blob(&spec.digest).map_err(|e| e.to_string())? else {
             return Ok(Code::Needs(spec.digest, spec.size));

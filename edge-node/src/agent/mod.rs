@@ -368,6 +368,13 @@ impl Agent {
                 let fetching = status::waiting(spec, ModuleState::Fetching, None);
                 self.waiting.insert(spec.name.clone(), fetching);
             }
+            Ok(Launch::AwaitsNative) => {
+                let why = "waiting for the control plane to compile it for this node \
+                           (this build of wedge-node has no compiler)";
+                tracing::info!(module = spec.name, "{why}");
+                let waiting = status::waiting(spec, ModuleState::Fetching, Some(why.into()));
+                self.waiting.insert(spec.name.clone(), waiting);
+            }
             Err(error) => {
                 tracing::error!(module = spec.name, error, "module cannot start");
                 let failed = status::waiting(spec, ModuleState::Failed, Some(error));

@@ -2,17 +2,18 @@
 //!
 //! Compiling a component takes tens of milliseconds on a fast machine and seconds on a
 //! small device; loading a precompiled one takes well under a millisecond. Entries are
-//! keyed by the module's digest and by wasmtime's compatibility hash of this engine
-//! (wasmtime version, engine settings, target and CPU features), so a node never loads code
-//! compiled for another configuration. An entry that fails to load is deleted and the
-//! module recompiled.
+//! keyed by the module's digest and by this node's precompile key (`wedge-engine`: wasmtime's
+//! major version, the engine settings, the target), so a node does not even try code made
+//! for another configuration; wasmtime checks the rest (CPU features) when it loads an
+//! entry. An entry that fails to load is deleted and the module compiled or fetched again.
+//! (wasmtime's own compatibility hash would name CPU features too, but it needs the
+//! compiler, which a node built without one does not have.)
 //!
 //! Trust: loading precompiled code skips wasmtime's validation, so a cache entry is as
 //! trusted as the node binary. Entries are only ever written by this node, into its own
 //! data directory; protect that directory like the binary (the systemd unit and container
 //! run the node as its own user with the data directory private to it).
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
@@ -40,13 +41,15 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let mut hasher = std::hash::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let key = wedge_engine::key(&wedge_engine::host_triple())
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        // The hash part: the triple is the same for every entry of this node.
+        let key = key.rsplit('/').next().unwrap_or_default().to_string();
         Ok(Self {
             dir: dir.to_path_buf(),
-            key: format!("{:016x}", hasher.finish()),
+            key,
         })
     }
 

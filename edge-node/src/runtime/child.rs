@@ -28,7 +28,7 @@ pub fn compile_in_child(exe: PathBuf) {
 }
 
 pub(super) fn compiler() -> Option<&'static PathBuf> {
-    COMPILER.get()
+    COMPILER.get().filter(|_| wedge_engine::CAN_COMPILE)
 }
 
 /// Why the child did not produce native code.
@@ -104,9 +104,13 @@ pub fn compile_stdin_to_stdout() -> std::process::ExitCode {
         eprintln!("cannot read the component: {e}");
         return std::process::ExitCode::from(1);
     }
+    #[cfg(feature = "compiler")]
     let native = wedge_engine::config(None)
         .and_then(|config| wasmtime::Engine::new(&config))
         .and_then(|engine| engine.precompile_component(&component));
+    #[cfg(not(feature = "compiler"))]
+    let native: wasmtime::Result<Vec<u8>> =
+        Err(wasmtime::format_err!("{}", super::Error::NoCompiler));
     match native {
         Ok(native) => match std::io::stdout().lock().write_all(&native) {
             Ok(()) => std::process::ExitCode::SUCCESS,

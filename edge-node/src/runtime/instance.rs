@@ -34,6 +34,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// How often an idle instance thread checks whether it should stop.
 const POLL: Duration = Duration::from_millis(100);
+/// Most messages handled in a row before ticks and stop requests are looked at again.
+const BATCH: u64 = 256;
 /// Longest a stopping instance spends on the messages still queued for it.
 pub const DRAIN_BUDGET: Duration = Duration::from_secs(2);
 
@@ -422,20 +424,52 @@ impl Supervisor {
                 Err(flume::RecvTimeoutError::Timeout) => continue,
                 Err(flume::RecvTimeoutError::Disconnected) => return End::Stopped,
             };
-            if let Err(end) = self.handle(&module, &mut store, msg) {
+            if let Err(end) = self.handle_batch(&module, &mut store, msg) {
                 return end;
             }
         }
     }
 
+    /// Handles `first` and what else is queued now, up to [`BATCH`] messages, before the
+    /// loop looks at ticks and stop requests again; the counters move once per batch.
+    fn handle_batch(
+        &self,
+        module: &bindings::Module,
+        store: &mut Store<HostState>,
+        first: Message,
+    ) -> Result<(), End> {
+        let (mut taken, mut handled) = (0, 0);
+        let mut next = Some(first);
+        let outcome = loop {
+            let Some(msg) = next.take() else {
+                break Ok(());
+            };
+            taken += 1;
+            match self.handle(module, store, msg) {
+                Ok(ok) => handled += u64::from(ok),
+                Err(end) => break Err(end),
+            }
+            if taken < BATCH {
+                next = self.rx.try_recv().ok();
+            }
+        };
+        self.host.metrics.messages_in.inc_by(taken);
+        self.host
+            .stats
+            .messages
+            .fetch_add(handled, Ordering::Relaxed);
+        outcome
+    }
+
+    /// One call of `on-message`: `Ok(true)` handled, `Ok(false)` the module returned an
+    /// error (counted), `Err` the instance ends.
     fn handle(
         &self,
         module: &bindings::Module,
         store: &mut Store<HostState>,
         msg: Message,
-    ) -> Result<(), End> {
+    ) -> Result<bool, End> {
         store.set_epoch_deadline(self.deadline_ticks());
-        self.host.metrics.messages_in.inc();
         let started = Instant::now();
         let result = module.call_on_message(&mut *store, &msg.topic, &msg.payload);
         self.host
@@ -443,13 +477,10 @@ impl Supervisor {
             .message_seconds
             .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(Ok(())) => {
-                self.host.stats.messages.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(Ok(())) => Ok(true),
             Ok(Err(error)) => {
                 self.guest_error(&msg.topic, &error);
-                Ok(())
+                Ok(false)
             }
             Err(trap) => {
                 self.host.metrics.traps.inc();
@@ -480,7 +511,7 @@ impl Supervisor {
         while Instant::now() < until {
             match self.rx.try_recv() {
                 Ok(msg) => {
-                    if self.handle(module, store, msg).is_err() {
+                    if self.handle_batch(module, store, msg).is_err() {
                         break;
                     }
                 }

@@ -65,6 +65,11 @@ pub enum Error {
     Compile(String),
     #[error("module does not link: {0}")]
     Link(String),
+    #[error(
+        "this wedge-node was built without a compiler (the `compiler` feature); it runs only \
+         modules the control plane compiled for it"
+    )]
+    NoCompiler,
 }
 
 /// The shared engine and linker. Cheap to clone.
@@ -108,7 +113,7 @@ impl Runtime {
             .map_err(|e| Error::Engine(e.to_string()))?;
 
         let cache = cache_dir
-            .map(|dir| cache::Cache::new(dir, &engine))
+            .map(cache::Cache::new)
             .transpose()
             .map_err(|e| Error::Engine(format!("cannot create the module cache: {e}")))?;
         Ok(Self {
@@ -124,8 +129,14 @@ impl Runtime {
         self.link(&self.component(bytes)?)
     }
 
+    #[cfg(feature = "compiler")]
     fn component(&self, bytes: &[u8]) -> Result<Component, Error> {
         Component::new(&self.engine, bytes).map_err(|e| Error::Compile(format!("{e:#}")))
+    }
+
+    #[cfg(not(feature = "compiler"))]
+    fn component(&self, _bytes: &[u8]) -> Result<Component, Error> {
+        Err(Error::NoCompiler)
     }
 
     /// Resolves the component's imports against the linker, once. The imports are checked

@@ -271,7 +271,7 @@ mod tests {
                 .await
                 .expect("message within 10 s")
                 .expect("link open");
-            assert_eq!(delivery.topic, format!("in/{got}"));
+            assert_eq!(&*delivery.topic, format!("in/{got}"));
             assert_eq!(delivery.payload, got.to_string().into_bytes());
             assert!(!delivery.acknowledged, "the link publishes at QoS 0");
             got += 1;

@@ -1,6 +1,7 @@
 //! An in-process connection to the embedded broker (QoS 0), split into a publisher that
 //! any thread may use and a receiver driven by one async task.
 
+use std::future::Future as _;
 use std::sync::{Arc, Mutex};
 
 use rumqttd::Notification;
@@ -60,7 +61,8 @@ impl LocalPublisher {
 /// One message delivered to the link.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub topic: String,
+    /// Shared by every module the message goes to.
+    pub topic: Arc<str>,
     /// Shared with the broker's log: no copy is made until a module call lowers it.
     pub payload: bytes::Bytes,
     /// Whether it was published at QoS 1 or 2: its publisher was (or will be) told it was
@@ -69,8 +71,14 @@ pub struct Delivery {
 }
 
 /// Receives the messages that match the link's subscriptions.
+///
+/// The broker hands the link its messages in batches; [`Self::try_next`] takes the rest of
+/// a batch without waiting, so a reader can handle a batch at a time.
 pub struct LocalReceiver {
     rx: LinkRx,
+    /// The broker unscheduled the link while [`Self::try_next`] read (it cannot wait):
+    /// the next [`Self::next`] tells the broker we are ready again, first.
+    owe_wake: bool,
 }
 
 impl std::fmt::Debug for LocalReceiver {
@@ -79,32 +87,76 @@ impl std::fmt::Debug for LocalReceiver {
     }
 }
 
+/// What one notification from the broker means to the reader.
+enum Step {
+    Deliver(Delivery),
+    /// The broker stopped scheduling the link: it must be woken or delivery stalls.
+    Unscheduled,
+    Nothing,
+    Closed,
+}
+
 impl LocalReceiver {
     /// The next message; `None` when the broker is gone.
     pub async fn next(&mut self) -> Option<Delivery> {
         loop {
-            match self.rx.next().await {
-                Ok(Some(Notification::Forward(forward))) => {
-                    let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
-                    return Some(Delivery {
-                        topic,
-                        payload: forward.publish.payload,
-                        acknowledged: forward.published_qos != rumqttd::protocol::QoS::AtMostOnce,
-                    });
-                }
-                // The router stops scheduling a link whose buffer it filled; it must be
-                // told we are ready again or delivery stalls for good.
-                Ok(Some(Notification::Unschedule)) => {
-                    if self.rx.wake().await.is_err() {
-                        return None;
-                    }
-                }
-                Ok(Some(_)) | Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "local broker link closed");
+            if self.owe_wake {
+                if self.rx.wake().await.is_err() {
                     return None;
                 }
+                self.owe_wake = false;
             }
+            match step(self.rx.next().await) {
+                Step::Deliver(delivery) => return Some(delivery),
+                Step::Unscheduled => self.owe_wake = true,
+                Step::Nothing => {}
+                Step::Closed => return None,
+            }
+        }
+    }
+
+    /// The next message if one is ready now (the rest of the broker's batch); `None`
+    /// otherwise, and then [`Self::next`] waits for more.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        if self.owe_wake {
+            return None;
+        }
+        loop {
+            // Polled once: LinkRx::next completes in its first poll when a batch is cached
+            // or signalled, and takes nothing when it is pending, so dropping it loses nothing.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let polled = std::pin::pin!(self.rx.next()).as_mut().poll(&mut cx);
+            let std::task::Poll::Ready(next) = polled else {
+                return None;
+            };
+            match step(next) {
+                Step::Deliver(delivery) => return Some(delivery),
+                Step::Unscheduled => {
+                    self.owe_wake = true;
+                    return None;
+                }
+                Step::Nothing => {}
+                // `next` says so too.
+                Step::Closed => return None,
+            }
+        }
+    }
+}
+
+fn step(next: Result<Option<Notification>, rumqttd::local::LinkError>) -> Step {
+    match next {
+        Ok(Some(Notification::Forward(forward))) => Step::Deliver(Delivery {
+            topic: Arc::from(String::from_utf8_lossy(&forward.publish.topic).as_ref()),
+            payload: forward.publish.payload,
+            acknowledged: forward.published_qos != rumqttd::protocol::QoS::AtMostOnce,
+        }),
+        // The router stops scheduling a link whose buffer it filled; it must be told we
+        // are ready again or delivery stalls for good.
+        Ok(Some(Notification::Unschedule)) => Step::Unscheduled,
+        Ok(Some(_)) | Ok(None) => Step::Nothing,
+        Err(e) => {
+            tracing::warn!(error = %e, "local broker link closed");
+            Step::Closed
         }
     }
 }
@@ -114,6 +166,9 @@ pub(crate) fn split(tx: LinkTx, rx: LinkRx) -> (LocalPublisher, LocalReceiver) {
         LocalPublisher {
             tx: Arc::new(Mutex::new(tx)),
         },
-        LocalReceiver { rx },
+        LocalReceiver {
+            rx,
+            owe_wake: false,
+        },
     )
 }

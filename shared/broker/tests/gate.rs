@@ -152,7 +152,7 @@ async fn next(receiver: &mut LocalReceiver) -> (String, Vec<u8>) {
         .await
         .expect("a message within the deadline")
         .expect("link open");
-    (delivery.topic, delivery.payload.to_vec())
+    (delivery.topic.to_string(), delivery.payload.to_vec())
 }
 
 /// An honest client's publish arrives; nothing the hostile client sent came before it.
@@ -283,7 +283,7 @@ async fn a_held_pace_withholds_the_puback_until_it_is_released() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((first.topic.as_str(), first.acknowledged), ("t/0", false));
+    assert_eq!((&*first.topic, first.acknowledged), ("t/0", false));
 
     pace.hold();
     device
@@ -308,6 +308,35 @@ async fn a_held_pace_withholds_the_puback_until_it_is_released() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((second.topic.as_str(), second.acknowledged), ("t/1", true));
+    assert_eq!((&*second.topic, second.acknowledged), ("t/1", true));
     assert_eq!(&second.payload[..], b"one");
+}
+
+/// The link takes the broker's batches whole: after one `next`, `try_next` hands over what
+/// else is ready without waiting, in order, and nothing is lost or repeated across the two.
+#[tokio::test]
+async fn try_next_takes_the_rest_of_a_batch_in_order() {
+    let (broker, link, mut receiver) = broker();
+    link.subscribe("#").unwrap();
+    let (mut client, _) = connected(&broker, "burst", true).await;
+    const N: usize = 2000;
+    let mut bytes = Vec::new();
+    for i in 0..N {
+        bytes.extend_from_slice(&publish("ok/burst", i.to_string().as_bytes(), 0, false, 0));
+    }
+    client.write_all(&bytes).await.unwrap();
+    let (mut seen, mut without_waiting) = (Vec::new(), 0);
+    while seen.len() < N {
+        let (_, payload) = next(&mut receiver).await;
+        seen.push(payload);
+        while let Some(delivery) = receiver.try_next() {
+            without_waiting += 1;
+            seen.push(delivery.payload.to_vec());
+        }
+    }
+    let expected: Vec<Vec<u8>> = (0..N).map(|i| i.to_string().into_bytes()).collect();
+    assert_eq!(seen, expected);
+    assert!(without_waiting > 0, "no message was taken from a batch");
+    let none = tokio::time::timeout(Duration::from_millis(50), receiver.next()).await;
+    assert!(none.is_err(), "nothing more: {none:?}");
 }
