@@ -479,7 +479,7 @@ async fn node_red(
             addr: broker.addr,
             login: None,
         };
-        node_red.wait_subscribed(&mosquitto_pub, &target).await?;
+        node_red.wait_subscribed(mosquitto_pub, &target).await?;
         for qos in [0, 1] {
             results.push((target.name, qos, burst(&target, qos, readings).await?));
         }
