@@ -36,6 +36,15 @@ fn arm64_binary() -> anyhow::Result<PathBuf> {
     Ok(target.join("aarch64-unknown-linux-musl/edge/wedge-node"))
 }
 
+/// `wedge_module_loads_total{source="precompiled"}` in the node's metrics.
+fn precompiled_loads(metrics: &str) -> Option<f64> {
+    metric(
+        metrics,
+        "wedge_module_loads_total",
+        &[("source", "precompiled")],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn arm64_node_runs_a_module_under_qemu() -> anyhow::Result<()> {
     let binary = arm64_binary()?;
@@ -104,11 +113,7 @@ async fn arm64_node_runs_a_module_under_qemu() -> anyhow::Result<()> {
         .await?
         .1;
     assert_eq!(
-        metric(
-            &metrics,
-            "wedge_module_loads_total",
-            &[("source", "precompiled")]
-        ),
+        precompiled_loads(&metrics),
         Some(1.0),
         "the node loaded the control plane's native code:\n{metrics}"
     );
@@ -133,11 +138,7 @@ async fn arm64_node_runs_a_module_under_qemu() -> anyhow::Result<()> {
         .await?
         .1;
     assert_eq!(
-        metric(
-            &metrics,
-            "wedge_module_loads_total",
-            &[("source", "precompiled")]
-        ),
+        precompiled_loads(&metrics),
         Some(2.0),
         "both modules from the control plane's native code:\n{metrics}"
     );

@@ -106,12 +106,32 @@ impl Launcher {
         spec: &'a ModuleSpec,
     ) -> Option<&'a NativeArtifact> {
         let native = spec.native.as_ref()?;
-        let failed = self
-            .native_failed
+        (profile.precompile_key.as_ref() == Some(&native.key) && !self.refused_native(&spec.digest))
+            .then_some(native)
+    }
+
+    /// Whether the native code of `module` did not load here.
+    fn refused_native(&self, module: &Digest) -> bool {
+        self.native_failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&spec.digest);
-        (profile.precompile_key.as_ref() == Some(&native.key) && !failed).then_some(native)
+            .contains(module)
+    }
+
+    /// `spec`'s compiled code from the node's cache (counted), if it holds a loadable entry.
+    async fn cached_code(&self, spec: &ModuleSpec) -> Result<Option<Code>, String> {
+        let runtime = self.runtime.clone();
+        let digest = spec.digest;
+        let cached = tokio::task::spawn_blocking(move || runtime.cached(&digest))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(compiled) = cached else {
+            return Ok(None);
+        };
+        self.metrics.loads("cache").inc();
+        compiled
+            .map(|c| Some(Code::Ready(c)))
+            .map_err(|e| e.to_string())
     }
 
     /// Gives up on `spec`'s native code: the module is compiled here from now on.
@@ -124,21 +144,10 @@ impl Launcher {
 
     /// The code of `spec` for a node that cannot compile: from the cache, or wait.
     async fn without_compiler(&self, spec: &ModuleSpec) -> Result<Code, String> {
-        let runtime = self.runtime.clone();
-        let digest = spec.digest;
-        let cached = tokio::task::spawn_blocking(move || runtime.cached(&digest))
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(compiled) = cached {
-            self.metrics.loads("cache").inc();
-            return compiled.map(Code::Ready).map_err(|e| e.to_string());
+        if let Some(code) = self.cached_code(spec).await? {
+            return Ok(code);
         }
-        let refused = self
-            .native_failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&spec.digest);
-        if refused {
+        if self.refused_native(&spec.digest) {
             return Err(format!(
                 "the control plane's native code for it does not load here (see the log), and {}",
                 crate::runtime::Error::NoCompiler
@@ -155,15 +164,10 @@ impl Launcher {
     ) -> Result<Code, String> {
         let source = |s: &str| self.metrics.loads(s);
         if let Some(native) = self.native(profile, spec) {
-            let runtime = self.runtime.clone();
-            let digest = spec.digest;
-            let cached = tokio::task::spawn_blocking(move || runtime.cached(&digest))
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Some(compiled) = cached {
-                source("cache").inc();
-                return compiled.map(Code::Ready).map_err(|e| e.to_string());
+            if let Some(code) = self.cached_code(spec).await? {
+                return Ok(code);
             }
+            let digest = spec.digest;
             let Some(artifact) = self.store.blob(&native.digest).map_err(|e| e.to_string())? else {
                 return Ok(Code::Needs(native.digest, native.size));
             };
